@@ -18,6 +18,7 @@ mod header;
 pub mod client;
 
 pub use cmd::Cmd;
+pub use prost;
 pub use error::{DecodeError, ErrorCode};
 pub use frame::Frame;
 pub use header::{Flags, Header, DEFAULT_MAX_BODY, HEADER_LEN, MAGIC, VERSION};

@@ -1,0 +1,134 @@
+//! A client connection's task: read into the shard's shared buffer, decode,
+//! hand frames to the session, write queued frames in batches.
+//!
+//! Bytes of an incomplete frame are the only per-connection read state; when
+//! every frame has been consumed the connection holds no read buffer.
+
+use crate::session::CloseReason;
+use crate::shard::Shard;
+use crate::table::Conn;
+use bytes::BytesMut;
+use futures_lite::{AsyncRead, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use tidegate_proto::{Cmd, Frame};
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: Option<SocketAddr>) {
+    let _ = stream.set_nodelay(true);
+    let (id, conn) = shard.open();
+    let reason = drive(&shard, &conn, &mut stream, peer).await;
+    shard.release(id, reason);
+}
+
+enum Event {
+    Wake,
+    Read(usize),
+    Eof,
+}
+
+async fn drive(
+    shard: &Shard,
+    conn: &Conn,
+    stream: &mut TcpStream,
+    peer: Option<SocketAddr>,
+) -> CloseReason {
+    let mut pending = BytesMut::new();
+    loop {
+        if flush(shard, conn, stream).await.is_err() {
+            return CloseReason::Io;
+        }
+        if let Some(reason) = conn.closing.get() {
+            return reason;
+        }
+        let event = std::future::poll_fn(|cx| {
+            if conn.wake.poll_wait(cx).is_ready() {
+                return Poll::Ready(Ok(Event::Wake));
+            }
+            // The borrow ends inside this poll: no borrow lives across an await.
+            let mut buf = shard.read_buf.borrow_mut();
+            match Pin::new(&mut *stream).poll_read(cx, &mut buf[..]) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Ok(Event::Eof)),
+                Poll::Ready(Ok(n)) => {
+                    pending.extend_from_slice(&buf[..n]);
+                    Poll::Ready(Ok(Event::Read(n)))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match event {
+            Ok(Event::Wake) => {}
+            Ok(Event::Eof) => return CloseReason::ClientClosed,
+            Err(_) => return CloseReason::Io,
+            Ok(Event::Read(n)) => {
+                shard.metrics.bytes_in.increment(n as u64);
+                decode_all(shard, conn, &mut pending, peer);
+                if pending.is_empty() {
+                    // Give the allocation back: an idle connection holds no buffer.
+                    pending = BytesMut::new();
+                }
+            }
+        }
+    }
+}
+
+/// Hands every complete frame in `pending` to the session.
+fn decode_all(shard: &Shard, conn: &Conn, pending: &mut BytesMut, peer: Option<SocketAddr>) {
+    while conn.closing.get().is_none() {
+        match Frame::parse(pending, shard.cfg.max_body) {
+            Ok(Some(frame)) => {
+                // Only LOGIN needs the address; don't format it per frame.
+                let peer = match (frame.header.cmd, peer) {
+                    (Cmd::Login, Some(p)) => p.to_string(),
+                    _ => String::new(),
+                };
+                shard.handle_frame(conn, &frame, &peer);
+            }
+            Ok(None) => return,
+            Err(e) => {
+                shard.handle_decode_error(conn, &e);
+                if e.is_fatal() {
+                    pending.clear();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes every queued frame, batching several into one write.
+async fn flush(shard: &Shard, conn: &Conn, stream: &mut TcpStream) -> std::io::Result<()> {
+    loop {
+        let batch = {
+            let mut out = conn.out.borrow_mut();
+            match out.len() {
+                0 => {
+                    if out.capacity() > 16 {
+                        // Release a burst's queue memory once drained.
+                        *out = VecDeque::new();
+                    }
+                    return Ok(());
+                }
+                1 => out.pop_front().expect("len is 1"),
+                _ => {
+                    let mut b = BytesMut::new();
+                    while let Some(f) = out.pop_front() {
+                        b.extend_from_slice(&f);
+                        if b.len() >= 64 * 1024 {
+                            break;
+                        }
+                    }
+                    b.freeze()
+                }
+            }
+        };
+        stream.write_all(&batch).await?;
+        shard.metrics.bytes_out.increment(batch.len() as u64);
+    }
+}

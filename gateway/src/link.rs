@@ -1,0 +1,221 @@
+//! A shard's link to one logic instance: reconnect with backoff, HELLO,
+//! batched writes, liveness pings. Frames are the client codec with
+//! commands ≥ 0x8000 (ARCHITECTURE §2).
+
+use crate::metrics;
+use crate::shard::Shard;
+use crate::signal::Signal;
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncRead, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+use tidegate_proto::{pb, AppCode, Cmd, Frame, Header};
+
+/// Frames queued for logic before senders are refused (bounds memory while
+/// logic is slow; refused requests are answered BUSY/UNAVAILABLE).
+const MAX_QUEUED: usize = 65_536;
+/// Largest link frame body: deliveries carry many connection ids.
+const MAX_LINK_BODY: u32 = 16 << 20;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const PING_EVERY: Duration = Duration::from_secs(5);
+const DEAD_AFTER: Duration = Duration::from_secs(15);
+
+/// One shard's link to one logic address.
+pub struct Link {
+    addr: SocketAddr,
+    out: RefCell<VecDeque<Bytes>>,
+    wake: Signal,
+    up: Cell<bool>,
+    /// Set by the liveness check to make the link task reconnect.
+    dead: Cell<bool>,
+    ping_sent: Cell<Option<Instant>>,
+    last_rx: Cell<Instant>,
+}
+
+impl Link {
+    /// A link that is not connected yet.
+    pub fn new(addr: SocketAddr) -> Link {
+        Link {
+            addr,
+            out: RefCell::new(VecDeque::new()),
+            wake: Signal::default(),
+            up: Cell::new(false),
+            dead: Cell::new(false),
+            ping_sent: Cell::new(None),
+            last_rx: Cell::new(Instant::now()),
+        }
+    }
+
+    /// Whether the link is connected and introduced.
+    pub fn is_up(&self) -> bool {
+        self.up.get()
+    }
+
+    /// Queues a frame for logic; false when the link is down or full.
+    pub fn send(&self, frame: Bytes) -> bool {
+        let mut out = self.out.borrow_mut();
+        if !self.up.get() || out.len() >= MAX_QUEUED {
+            return false;
+        }
+        out.push_back(frame);
+        drop(out);
+        self.wake.notify();
+        true
+    }
+
+    /// Records a pong; returns the round trip.
+    pub fn pong(&self) -> Option<Duration> {
+        self.ping_sent.take().map(|t| t.elapsed())
+    }
+
+    /// Pings an idle link and declares it dead when logic stopped answering.
+    pub fn check_liveness(&self) {
+        if !self.up.get() {
+            return;
+        }
+        if self.last_rx.get().elapsed() > DEAD_AFTER {
+            self.dead.set(true);
+            self.wake.notify();
+            return;
+        }
+        let due = self.ping_sent.get().is_none() && self.last_rx.get().elapsed() >= PING_EVERY;
+        if due {
+            self.ping_sent.set(Some(Instant::now()));
+            let ping = Frame::empty(Header::new(Cmd::LinkPing, AppCode(0), 0));
+            self.send(ping.to_bytes());
+        }
+    }
+}
+
+/// Keeps `shard.links[idx]` connected for the life of the shard.
+pub async fn run(shard: Rc<Shard>, idx: usize) {
+    let link = shard.links[idx].clone();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match TcpStream::connect(link.addr).await {
+            Ok(stream) => {
+                backoff = BACKOFF_MIN;
+                metrics::link_event("connected");
+                tracing::info!(shard = shard.id, logic = %link.addr, "logic link up");
+                let why = connected(&shard, &link, stream).await;
+                link.up.set(false);
+                link.dead.set(false);
+                link.ping_sent.set(None);
+                link.out.borrow_mut().clear();
+                metrics::link_event("disconnected");
+                tracing::warn!(shard = shard.id, logic = %link.addr, "logic link down: {why}");
+                shard.on_link_down();
+            }
+            Err(e) => {
+                metrics::link_event("connect_failed");
+                tracing::debug!(shard = shard.id, logic = %link.addr, "logic connect: {e}");
+            }
+        }
+        glommio::timer::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+enum Event {
+    Wake,
+    Read,
+    Eof,
+}
+
+/// Runs a connected link until it fails; returns why.
+async fn connected(shard: &Shard, link: &Link, mut stream: TcpStream) -> String {
+    let _ = stream.set_nodelay(true);
+    let hello = pb::LinkHello {
+        gate_id: shard.gate_id.to_string(),
+        shard: shard.id,
+        shards: 0,
+        client_addr: shard.cfg.client_addr.to_string(),
+    };
+    let hello = Frame::encode_msg_to_bytes(Header::new(Cmd::LinkHello, AppCode(0), 0), &hello);
+    if let Err(e) = stream.write_all(&hello).await {
+        return format!("hello: {e}");
+    }
+    link.last_rx.set(Instant::now());
+    link.up.set(true);
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        if link.dead.get() {
+            return format!("no frame from logic for {DEAD_AFTER:?}");
+        }
+        if let Err(e) = flush(link, &mut stream).await {
+            return format!("write: {e}");
+        }
+        let event = std::future::poll_fn(|cx| {
+            if link.wake.poll_wait(cx).is_ready() {
+                return Poll::Ready(Ok(Event::Wake));
+            }
+            let len = rbuf.len();
+            rbuf.resize(len + 64 * 1024, 0);
+            let r = Pin::new(&mut stream).poll_read(cx, &mut rbuf[len..]);
+            let n = match &r {
+                Poll::Ready(Ok(n)) => *n,
+                _ => 0,
+            };
+            rbuf.truncate(len + n);
+            match r {
+                Poll::Ready(Ok(0)) => Poll::Ready(Ok(Event::Eof)),
+                Poll::Ready(Ok(_)) => Poll::Ready(Ok(Event::Read)),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match event {
+            Ok(Event::Wake) => {}
+            Ok(Event::Eof) => return "logic closed the link".into(),
+            Err(e) => return format!("read: {e}"),
+            Ok(Event::Read) => {
+                link.last_rx.set(Instant::now());
+                loop {
+                    match Frame::parse(&mut rbuf, MAX_LINK_BODY) {
+                        Ok(Some(frame)) => {
+                            if let Err(e) = shard.on_link_frame(link, frame) {
+                                metrics::link_event("bad_frame");
+                                tracing::warn!(shard = shard.id, "bad frame from logic: {e}");
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) if e.is_fatal() => return format!("undecodable bytes from logic: {e}"),
+                        Err(e) => {
+                            metrics::link_event("bad_frame");
+                            tracing::warn!(shard = shard.id, "bad frame from logic: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes everything queued, many frames per write.
+async fn flush(link: &Link, stream: &mut TcpStream) -> std::io::Result<()> {
+    loop {
+        let batch = {
+            let mut out = link.out.borrow_mut();
+            if out.is_empty() {
+                return Ok(());
+            }
+            let mut batch = BytesMut::new();
+            while let Some(f) = out.pop_front() {
+                batch.extend_from_slice(&f);
+                if batch.len() >= 256 * 1024 {
+                    break;
+                }
+            }
+            batch
+        };
+        stream.write_all(&batch).await?;
+    }
+}

@@ -1,0 +1,108 @@
+//! Gateway metric names and the admin HTTP endpoint that serves them.
+//!
+//! Labels are a small fixed set (shard, cmd, reason), never a uid.
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::net::SocketAddr;
+use tidegate_proto::Cmd;
+
+/// Handles a shard touches on every connection or frame, resolved once so
+/// the hot path does no registry lookup.
+pub struct ShardMetrics {
+    /// Live connections on this shard.
+    pub connections: Gauge,
+    /// Logged-in sessions on this shard.
+    pub sessions: Gauge,
+    /// Accepted connections.
+    pub accepted: Counter,
+    /// Bytes read from clients.
+    pub bytes_in: Counter,
+    /// Bytes written to clients.
+    pub bytes_out: Counter,
+    /// Frames delivered from logic to a client queue.
+    pub delivered: Counter,
+    /// Deliveries for connections that no longer exist.
+    pub stale_deliveries: Counter,
+    /// Logic link round trip (ping → pong), seconds.
+    pub link_rtt: Histogram,
+}
+
+impl ShardMetrics {
+    /// Registers the shard's series.
+    pub fn new(shard: u32) -> ShardMetrics {
+        let s = shard.to_string();
+        ShardMetrics {
+            connections: gauge!("tidegate_gateway_connections", "shard" => s.clone()),
+            sessions: gauge!("tidegate_gateway_sessions", "shard" => s.clone()),
+            accepted: counter!("tidegate_gateway_accepted_total", "shard" => s.clone()),
+            bytes_in: counter!("tidegate_gateway_bytes_in_total", "shard" => s.clone()),
+            bytes_out: counter!("tidegate_gateway_bytes_out_total", "shard" => s.clone()),
+            delivered: counter!("tidegate_gateway_delivered_total", "shard" => s.clone()),
+            stale_deliveries: counter!("tidegate_gateway_stale_deliveries_total", "shard" => s.clone()),
+            link_rtt: histogram!("tidegate_gateway_link_rtt_seconds", "shard" => s),
+        }
+    }
+}
+
+/// Counts a frame received from a client.
+pub fn frame_in(cmd: Cmd) {
+    counter!("tidegate_gateway_frames_in_total", "cmd" => cmd.name()).increment(1);
+}
+
+/// Counts bytes that failed to decode, by reason.
+pub fn decode_error(reason: &'static str) {
+    counter!("tidegate_gateway_decode_errors_total", "reason" => reason).increment(1);
+}
+
+/// Counts a closed connection, by reason.
+pub fn closed(reason: &'static str) {
+    counter!("tidegate_gateway_closed_total", "reason" => reason).increment(1);
+}
+
+/// Counts an ERROR frame sent to a client, by code.
+pub fn error_sent(code: &'static str) {
+    counter!("tidegate_gateway_errors_sent_total", "code" => code).increment(1);
+}
+
+/// Counts a link state change.
+pub fn link_event(event: &'static str) {
+    counter!("tidegate_gateway_link_events_total", "event" => event).increment(1);
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` from a thread of its own (off
+/// the shards: scrapes never stall a shard). Returns the bound address.
+pub fn serve_admin(addr: SocketAddr, prom: PrometheusHandle) -> std::io::Result<SocketAddr> {
+    use axum::{routing::get, Router};
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("gateway-admin".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("admin runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let app = Router::new()
+                    .route("/metrics", get(move || async move { prom.render() }))
+                    .route("/healthz", get(|| async { "ok\n" }));
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        if let Err(e) = axum::serve(l, app).await {
+                            tracing::error!("admin server: {e}");
+                        }
+                    }
+                    Err(e) => tracing::error!("admin listener: {e}"),
+                }
+            });
+        })?;
+    Ok(bound)
+}
