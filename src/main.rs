@@ -1,1 +1,347 @@
-fn main() {}
+//! `tidegate`: the umbrella command. `up` runs gateway and logic shim in one
+//! process; `gateway` and `logic` run one role each; `token` and `client`
+//! are the developer's try-it tools.
+
+mod cli_client;
+mod config;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use config::Config;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tidegate_gateway::Gateway;
+use tidegate_logic::auth::Auth;
+use tidegate_logic::store::{embedded::EmbeddedStore, redis::RedisStore, Store};
+use tidegate_logic::LogicServer;
+use tidegate_proto::AppCode;
+
+#[derive(Parser)]
+#[command(
+    name = "tidegate",
+    version,
+    about = "Real-time message platform: gateway + logic shim"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Gateway and logic shim in one process (embedded store under ./data, or --redis).
+    Up(UpArgs),
+    /// The gateway alone (glommio shards), linked to logic shims.
+    Gateway(GatewayArgs),
+    /// The logic shim alone (link server + HTTP API).
+    Logic(LogicArgs),
+    /// Mints a client token signed with an app's secret.
+    Token(TokenArgs),
+    /// Logs in over TCP and prints what arrives.
+    Client(cli_client::ClientArgs),
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// TOML config file (see README, "Configuration").
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// Use Redis at this URL instead of the embedded store.
+    #[arg(long)]
+    redis: Option<String>,
+    /// Directory of the embedded store.
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Client TCP address (gateway.client_addr).
+    #[arg(long)]
+    client_addr: Option<SocketAddr>,
+    /// Gateway admin address (gateway.admin_addr).
+    #[arg(long)]
+    admin_addr: Option<SocketAddr>,
+    /// Logic link address (logic.link_addr).
+    #[arg(long)]
+    link_addr: Option<SocketAddr>,
+    /// Logic HTTP address (logic.http_addr).
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// Gateway shards (gateway.shards; 0 = one per CPU).
+    #[arg(long)]
+    shards: Option<usize>,
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Client TCP address (gateway.client_addr).
+    #[arg(long)]
+    client_addr: Option<SocketAddr>,
+    /// Admin address (gateway.admin_addr).
+    #[arg(long)]
+    admin_addr: Option<SocketAddr>,
+    /// Logic link addresses (gateway.logic), repeatable.
+    #[arg(long)]
+    logic: Vec<SocketAddr>,
+    /// Shards (gateway.shards; 0 = one per CPU).
+    #[arg(long)]
+    shards: Option<usize>,
+}
+
+#[derive(Args)]
+struct LogicArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Link address (logic.link_addr).
+    #[arg(long)]
+    link_addr: Option<SocketAddr>,
+    /// HTTP address (logic.http_addr).
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// App code.
+    #[arg(long, default_value_t = config::DEV_APP_CODE)]
+    app: u16,
+    /// User id (the token's `sub`).
+    #[arg(long)]
+    uid: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    ttl: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Command::Up(a) => up(a),
+        Command::Gateway(a) => gateway(a),
+        Command::Logic(a) => logic(a),
+        Command::Token(a) => token(a),
+        Command::Client(a) => cli_client::run(a),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tidegate-logic")
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// Installs the process's Prometheus recorder and keeps its histograms trimmed.
+fn metrics_recorder() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            upkeep.run_upkeep();
+        })?;
+    Ok(handle)
+}
+
+async fn open_store(cfg: &config::StoreConfig) -> anyhow::Result<(Arc<dyn Store>, String)> {
+    match &cfg.redis_url {
+        Some(url) => {
+            let store = RedisStore::connect(url)
+                .await
+                .with_context(|| format!("store.redis_url: cannot reach {url}"))?;
+            Ok((Arc::new(store), format!("Redis at {url}")))
+        }
+        None => {
+            let path = cfg.data_dir.join("tidegate.redb");
+            let store = EmbeddedStore::open(&path)
+                .with_context(|| format!("store.data_dir: cannot open {}", path.display()))?;
+            Ok((
+                Arc::new(store),
+                format!("the embedded store at {}", path.display()),
+            ))
+        }
+    }
+}
+
+fn apply_store_args(cfg: &mut Config, args: StoreArgs) {
+    if let Some(url) = args.redis {
+        cfg.store.redis_url = Some(url);
+    }
+    if let Some(dir) = args.data {
+        cfg.store.data_dir = dir;
+    }
+}
+
+async fn wait_for_shutdown() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn up(args: UpArgs) -> anyhow::Result<()> {
+    let mut cfg = Config::load(args.common.config.as_deref())?;
+    apply_store_args(&mut cfg, args.store);
+    if let Some(a) = args.client_addr {
+        cfg.gateway.client_addr = a;
+    }
+    if let Some(a) = args.admin_addr {
+        cfg.gateway.admin_addr = a;
+    }
+    if let Some(a) = args.link_addr {
+        cfg.logic.link_addr = a;
+    }
+    if let Some(a) = args.http_addr {
+        cfg.logic.http_addr = a;
+    }
+    if let Some(n) = args.shards {
+        cfg.gateway.shards = n;
+    }
+    let dev = cfg.apps.is_empty();
+    if dev {
+        cfg.apps.push(config::dev_app());
+    }
+    let prom = metrics_recorder()?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let (store, store_desc) = open_store(&cfg.store).await?;
+        let logic =
+            LogicServer::start(cfg.logic.clone(), cfg.apps.clone(), store, prom.clone()).await?;
+        cfg.gateway.logic = vec![logic.link_addr];
+        let gw = Gateway::start(cfg.gateway.clone(), prom)?;
+        print_banner(&gw, &logic, &store_desc, dev);
+        wait_for_shutdown().await?;
+        println!("tidegate: shutting down");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    // glommio executors do not stop on their own; the process owns them.
+    std::process::exit(0);
+}
+
+/// The address a local client should dial for `bound` (0.0.0.0 → 127.0.0.1).
+fn dialable(bound: SocketAddr) -> SocketAddr {
+    if bound.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], bound.port()))
+    } else {
+        bound
+    }
+}
+
+fn print_banner(gw: &Gateway, logic: &LogicServer, store: &str, dev: bool) {
+    let client = dialable(gw.client_addr);
+    let http = dialable(logic.http_addr);
+    println!(
+        "tidegate up: gate {} ({} shards) + logic {} on {store}",
+        gw.gate_id, gw.shards, logic.logic.logic_id
+    );
+    println!("  client tcp     {}", gw.client_addr);
+    println!("  gateway admin  http://{}/metrics", gw.admin_addr);
+    println!("  logic link     {}", logic.link_addr);
+    println!("  logic http     http://{}", logic.http_addr);
+    if dev {
+        println!("  apps           app 1 with the built-in DEVELOPMENT secret and API key (configure [[apps]] for real use)");
+        println!();
+        println!("try it (in two more terminals):");
+        println!(
+            "  cargo run --release -- client --addr {client} --app 1 --token \"$(cargo run -q --release -- token --app 1 --uid alice)\""
+        );
+        println!(
+            "  curl -s -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n       -d '{{\"app\":1,\"msgtype\":7,\"to\":\"alice\",\"content_type\":\"text/plain\",\"content\":\"hello alice\"}}' \\\n       http://{http}/v1/push",
+            config::DEV_API_KEY
+        );
+    }
+    println!("ready");
+}
+
+fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let mut cfg = Config::load(args.common.config.as_deref())?;
+    if let Some(a) = args.client_addr {
+        cfg.gateway.client_addr = a;
+    }
+    if let Some(a) = args.admin_addr {
+        cfg.gateway.admin_addr = a;
+    }
+    if !args.logic.is_empty() {
+        cfg.gateway.logic = args.logic;
+    }
+    if let Some(n) = args.shards {
+        cfg.gateway.shards = n;
+    }
+    let prom = metrics_recorder()?;
+    let gw = Gateway::start(cfg.gateway, prom)?;
+    println!(
+        "tidegate gateway: gate {} ({} shards)",
+        gw.gate_id, gw.shards
+    );
+    println!("  client tcp     {}", gw.client_addr);
+    println!("  gateway admin  http://{}/metrics", gw.admin_addr);
+    println!("ready");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(wait_for_shutdown())?;
+    std::process::exit(0);
+}
+
+fn logic(args: LogicArgs) -> anyhow::Result<()> {
+    let mut cfg = Config::load(args.common.config.as_deref())?;
+    apply_store_args(&mut cfg, args.store);
+    if let Some(a) = args.link_addr {
+        cfg.logic.link_addr = a;
+    }
+    if let Some(a) = args.http_addr {
+        cfg.logic.http_addr = a;
+    }
+    let prom = metrics_recorder()?;
+    runtime()?.block_on(async move {
+        let (store, store_desc) = open_store(&cfg.store).await?;
+        let logic = LogicServer::start(cfg.logic, cfg.apps, store, prom).await?;
+        println!("tidegate logic: {} on {store_desc}", logic.logic.logic_id);
+        println!("  logic link     {}", logic.link_addr);
+        println!("  logic http     http://{}", logic.http_addr);
+        println!("ready");
+        wait_for_shutdown().await
+    })
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let mut cfg = Config::load(args.common.config.as_deref())?;
+    if cfg.apps.is_empty() {
+        cfg.apps.push(config::dev_app());
+    }
+    let auth = Auth::new(&cfg.apps, 0);
+    let token = auth
+        .mint(AppCode(args.app), &args.uid, args.ttl)
+        .map_err(|e| anyhow::anyhow!("token: {e}"))?;
+    println!("{token}");
+    Ok(())
+}

@@ -104,12 +104,16 @@ impl GatewayConfig {
         check(!self.logic.is_empty(), "gateway.logic", || {
             "lists no logic address; give at least one, e.g. [\"127.0.0.1:7100\"]".into()
         })?;
-        check(self.max_outbound_frames >= 1, "gateway.max_outbound_frames", || {
-            "must be at least 1".into()
-        })?;
-        check(self.ring_depth.is_power_of_two(), "gateway.ring_depth", || {
-            format!("{} is not a power of two", self.ring_depth)
-        })?;
+        check(
+            self.max_outbound_frames >= 1,
+            "gateway.max_outbound_frames",
+            || "must be at least 1".into(),
+        )?;
+        check(
+            self.ring_depth.is_power_of_two(),
+            "gateway.ring_depth",
+            || format!("{} is not a power of two", self.ring_depth),
+        )?;
         check(self.shards <= 1024, "gateway.shards", || {
             format!("{} is above the maximum 1024", self.shards)
         })?;

@@ -74,7 +74,9 @@ impl Gateway {
             let bound = ready_rx
                 .recv()
                 .context("shard exited before it listened")?
-                .map_err(|e| anyhow::anyhow!("gateway.client_addr: cannot listen on {client_addr}: {e}"))?;
+                .map_err(|e| {
+                    anyhow::anyhow!("gateway.client_addr: cannot listen on {client_addr}: {e}")
+                })?;
             client_addr = bound;
         }
         Ok(Gateway {

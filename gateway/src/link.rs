@@ -187,7 +187,9 @@ async fn connected(shard: &Shard, link: &Link, mut stream: TcpStream) -> String 
                             }
                         }
                         Ok(None) => break,
-                        Err(e) if e.is_fatal() => return format!("undecodable bytes from logic: {e}"),
+                        Err(e) if e.is_fatal() => {
+                            return format!("undecodable bytes from logic: {e}")
+                        }
                         Err(e) => {
                             metrics::link_event("bad_frame");
                             tracing::warn!(shard = shard.id, "bad frame from logic: {e}");

@@ -110,6 +110,8 @@ pub struct Ctx<'a> {
     pub logic_up: bool,
     /// Seconds of silence before an active session is closed.
     pub idle_timeout: u32,
+    /// Keepalive interval advertised when logic leaves it to the gateway.
+    pub keepalive_s: u32,
     /// The client's address, passed to logic on login.
     pub peer: &'a str,
 }
@@ -157,7 +159,7 @@ impl Session {
                     client_seq: h.seq,
                     ack_requested: h.flags.contains(Flags::ACK_REQUESTED),
                 };
-                Effects::logic(link_frame(Cmd::LinkC2s, h, &fwd))
+                Effects::logic(link_frame(Cmd::LinkC2s, h, a.appcode, &fwd))
             }
             (Cmd::S2cAck, Phase::Active(a)) => match frame.decode_body::<pb::PushAck>() {
                 Ok(ack) => {
@@ -166,7 +168,7 @@ impl Session {
                         uid: a.uid.to_string(),
                         msg_id: ack.msg_id,
                     };
-                    Effects::logic(link_frame(Cmd::LinkS2cAck, h, &fwd))
+                    Effects::logic(link_frame(Cmd::LinkS2cAck, h, a.appcode, &fwd))
                 }
                 Err(e) => error_reply(h, ErrorCode::BadBody, &e.to_string()),
             },
@@ -193,7 +195,11 @@ impl Session {
             Err(e) => return error_reply(h, ErrorCode::BadBody, &e.to_string()),
         };
         if !ctx.logic_up {
-            return error_reply(h, ErrorCode::Unavailable, "no logic service reachable; retry");
+            return error_reply(
+                h,
+                ErrorCode::Unavailable,
+                "no logic service reachable; retry",
+            );
         }
         self.phase = Phase::LoggingIn {
             seq: h.seq,
@@ -204,7 +210,7 @@ impl Session {
             login: Some(login),
             peer_addr: ctx.peer.to_string(),
         };
-        Effects::logic(link_frame(Cmd::LinkLogin, h, &fwd))
+        Effects::logic(link_frame(Cmd::LinkLogin, h, h.appcode, &fwd))
     }
 
     /// Handles logic's verdict on this session's LOGIN. A reply that arrives
@@ -219,7 +225,11 @@ impl Session {
                 let body = pb::LoginOk {
                     uid: ok.uid.clone(),
                     session_id: self.conn.to_u64(),
-                    keepalive_s: ok.keepalive_s,
+                    keepalive_s: if ok.keepalive_s == 0 {
+                        ctx.keepalive_s
+                    } else {
+                        ok.keepalive_s
+                    },
                     server_time_ms: tidegate_proto::now_ms(),
                 };
                 self.phase = Phase::Active(Active {
@@ -242,7 +252,11 @@ impl Session {
             }
             None => {
                 self.phase = Phase::AwaitingLogin;
-                error_reply(&header, ErrorCode::Internal, "logic sent an empty login reply")
+                error_reply(
+                    &header,
+                    ErrorCode::Internal,
+                    "logic sent an empty login reply",
+                )
             }
         }
     }
@@ -285,11 +299,19 @@ impl Session {
     }
 }
 
-/// Encodes a link frame that carries a client request's appcode, msgtype and seq.
-fn link_frame(cmd: Cmd, client: &Header, msg: &impl tidegate_proto::prost::Message) -> Bytes {
+/// Encodes a link frame that carries a client request's msgtype and seq.
+/// The appcode is the session's, never the frame's: a client logged in to
+/// one app must not reach another app's bus by editing its header.
+fn link_frame(
+    cmd: Cmd,
+    client: &Header,
+    appcode: AppCode,
+    msg: &impl tidegate_proto::prost::Message,
+) -> Bytes {
     let header = Header {
         cmd,
         flags: Flags::empty(),
+        appcode,
         ..*client
     };
     Frame::encode_msg_to_bytes(header, msg)
@@ -323,6 +345,7 @@ mod tests {
         now: 10,
         logic_up: true,
         idle_timeout: 90,
+        keepalive_s: 30,
         peer: "127.0.0.1:5555",
     };
 
@@ -372,7 +395,11 @@ mod tests {
 
     #[test]
     fn session_fits_its_budget() {
-        assert!(std::mem::size_of::<Session>() <= 56, "{}", std::mem::size_of::<Session>());
+        assert!(
+            std::mem::size_of::<Session>() <= 56,
+            "{}",
+            std::mem::size_of::<Session>()
+        );
     }
 
     #[test]
@@ -405,7 +432,10 @@ mod tests {
             ..CTX
         };
         let fx = s.handle_in(&login_frame(1), ctx);
-        assert_eq!(error_code(&fx.reply.unwrap()), ErrorCode::Unavailable.code());
+        assert_eq!(
+            error_code(&fx.reply.unwrap()),
+            ErrorCode::Unavailable.code()
+        );
         assert_eq!(s.phase(), &Phase::AwaitingLogin);
     }
 
@@ -430,7 +460,10 @@ mod tests {
         let mut s = Session::new(conn(), 5);
         let c2s = Frame::empty(Header::new(Cmd::C2s, AppCode(1), 2));
         let fx = s.handle_in(&c2s, CTX);
-        assert_eq!(error_code(&fx.reply.unwrap()), ErrorCode::NotLoggedIn.code());
+        assert_eq!(
+            error_code(&fx.reply.unwrap()),
+            ErrorCode::NotLoggedIn.code()
+        );
         assert!(fx.to_logic.is_none());
     }
 
@@ -467,6 +500,14 @@ mod tests {
     }
 
     #[test]
+    fn c2s_carries_the_session_app_not_the_header_app() {
+        let mut s = logged_in();
+        let h = Header::new(Cmd::C2s, AppCode(2), 4);
+        let fx = s.handle_in(&Frame::empty(h), CTX);
+        assert_eq!(parse(&fx.to_logic.unwrap()).header.appcode, AppCode(1));
+    }
+
+    #[test]
     fn logout_replies_notifies_logic_and_closes() {
         let mut s = logged_in();
         let fx = s.handle_in(&Frame::empty(Header::new(Cmd::Logout, AppCode(1), 5)), CTX);
@@ -490,6 +531,9 @@ mod tests {
     fn second_login_is_refused() {
         let mut s = logged_in();
         let fx = s.handle_in(&login_frame(9), CTX);
-        assert_eq!(error_code(&fx.reply.unwrap()), ErrorCode::AlreadyLoggedIn.code());
+        assert_eq!(
+            error_code(&fx.reply.unwrap()),
+            ErrorCode::AlreadyLoggedIn.code()
+        );
     }
 }

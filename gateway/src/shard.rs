@@ -69,6 +69,7 @@ impl Shard {
             now: self.now(),
             logic_up: self.logic_up(),
             idle_timeout: self.cfg.idle_timeout_s,
+            keepalive_s: self.cfg.keepalive_s,
             peer,
         }
     }
@@ -136,7 +137,10 @@ impl Shard {
                 if let Some(h) = request {
                     let lost = conn.session.borrow_mut().on_login_lost();
                     if lost.reply.is_none() {
-                        self.enqueue(conn, error_frame(h, ErrorCode::Unavailable, "logic unreachable; retry"));
+                        self.enqueue(
+                            conn,
+                            error_frame(h, ErrorCode::Unavailable, "logic unreachable; retry"),
+                        );
                     }
                     self.apply(conn, lost, None);
                 }
@@ -205,7 +209,12 @@ impl Shard {
                 tracing::debug!(shard = self.id, logic = %w.logic_id, "link welcomed");
             }
             (cmd, _) => {
-                tracing::warn!(shard = self.id, cmd = cmd.name(), response, "unexpected link frame");
+                tracing::warn!(
+                    shard = self.id,
+                    cmd = cmd.name(),
+                    response,
+                    "unexpected link frame"
+                );
                 metrics::link_event("unexpected_frame");
             }
         }
@@ -217,7 +226,10 @@ impl Shard {
         let conn = self.table.borrow().get(id).cloned();
         match conn {
             Some(conn) => {
-                let fx = conn.session.borrow_mut().on_login_reply(reply, self.ctx(""));
+                let fx = conn
+                    .session
+                    .borrow_mut()
+                    .on_login_reply(reply, self.ctx(""));
                 if conn.session.borrow().is_active() {
                     self.metrics.sessions.increment(1.0);
                 }
@@ -277,7 +289,12 @@ impl Shard {
     }
 
     fn on_kick(&self, appcode: AppCode, kick: pb::LinkKick) {
-        let Some(conn) = self.table.borrow().get(ConnId::from_u64(kick.conn)).cloned() else {
+        let Some(conn) = self
+            .table
+            .borrow()
+            .get(ConnId::from_u64(kick.conn))
+            .cloned()
+        else {
             return;
         };
         let body = kick.kickout.unwrap_or_default();
@@ -323,7 +340,14 @@ impl Shard {
                 conn.close(CloseReason::IdleTimeout);
             } else {
                 let h = Header::new(Cmd::Login, AppCode(0), 0);
-                self.enqueue(&conn, error_frame(&h, ErrorCode::AuthTimeout, "no LOGIN within the auth timeout"));
+                self.enqueue(
+                    &conn,
+                    error_frame(
+                        &h,
+                        ErrorCode::AuthTimeout,
+                        "no LOGIN within the auth timeout",
+                    ),
+                );
                 metrics::error_sent(ErrorCode::AuthTimeout.name());
                 conn.close(CloseReason::AuthTimeout);
             }

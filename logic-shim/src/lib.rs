@@ -1,1 +1,111 @@
-pub fn _x(){}
+//! Tidegate logic shim: a stateless tokio service between gateways and the
+//! store. It verifies logins, keeps presence, carries c2s messages to each
+//! app's bus and s2c pushes from app-servers to the right gate shard
+//! (ARCHITECTURE §2, §4). Everything it remembers is in the [`store::Store`],
+//! so any number of instances can run side by side.
+
+pub mod api;
+pub mod auth;
+mod c2s;
+pub mod config;
+mod gates;
+mod link;
+mod presence;
+mod push;
+pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+use anyhow::Context;
+use auth::Auth;
+use config::{AppConfig, LogicConfig};
+use gates::Gates;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use store::Store;
+use tidegate_proto::AppCode;
+
+/// Shared state of one logic instance: configuration, keys, the store
+/// handle and the linked gate shards. Nothing user-related lives here.
+pub struct Logic {
+    /// Settings.
+    pub cfg: LogicConfig,
+    /// Token and API key verification.
+    pub auth: Auth,
+    apps: HashMap<u16, AppConfig>,
+    /// Presence and persistence.
+    pub store: Arc<dyn Store>,
+    gates: Gates,
+    /// This instance's id.
+    pub logic_id: String,
+    msg_seq: AtomicU64,
+    prom: PrometheusHandle,
+}
+
+impl Logic {
+    /// The app's configuration, if `app` is configured.
+    pub fn app(&self, app: AppCode) -> Option<&AppConfig> {
+        self.apps.get(&app.0)
+    }
+
+    /// A message id unique across logic instances: `<ms>-<instance>-<seq>`.
+    pub fn next_msg_id(&self) -> String {
+        let seq = self.msg_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{}-{seq}", tidegate_proto::now_ms(), self.logic_id)
+    }
+}
+
+/// A running logic instance.
+pub struct LogicServer {
+    /// Where gate shards connect.
+    pub link_addr: SocketAddr,
+    /// The HTTP API.
+    pub http_addr: SocketAddr,
+    /// Shared state.
+    pub logic: Arc<Logic>,
+}
+
+impl LogicServer {
+    /// Validates config, binds the link and HTTP listeners and serves them on
+    /// the current tokio runtime.
+    pub async fn start(
+        cfg: LogicConfig,
+        apps: Vec<AppConfig>,
+        store: Arc<dyn Store>,
+        prom: PrometheusHandle,
+    ) -> anyhow::Result<LogicServer> {
+        cfg.validate(&apps)?;
+        let link_listener = tokio::net::TcpListener::bind(cfg.link_addr)
+            .await
+            .with_context(|| format!("logic.link_addr: cannot listen on {}", cfg.link_addr))?;
+        let http_listener = tokio::net::TcpListener::bind(cfg.http_addr)
+            .await
+            .with_context(|| format!("logic.http_addr: cannot listen on {}", cfg.http_addr))?;
+        let logic = Arc::new(Logic {
+            auth: Auth::new(&apps, cfg.jwt_leeway_s),
+            apps: apps.into_iter().map(|a| (a.code, a)).collect(),
+            store,
+            gates: Gates::default(),
+            logic_id: cfg.logic_id(),
+            msg_seq: AtomicU64::new(0),
+            prom,
+            cfg,
+        });
+        let server = LogicServer {
+            link_addr: link_listener.local_addr()?,
+            http_addr: http_listener.local_addr()?,
+            logic: logic.clone(),
+        };
+        tokio::spawn(link::serve(logic.clone(), link_listener));
+        let router = api::router(logic);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http_listener, router).await {
+                tracing::error!("http api: {e}");
+            }
+        });
+        Ok(server)
+    }
+}

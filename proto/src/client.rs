@@ -111,8 +111,12 @@ impl Client {
     /// Round-trips a KEEPALIVE.
     pub async fn keepalive(&mut self) -> Result<(), ClientError> {
         let seq = self.seq();
-        self.send(&Frame::empty(Header::new(Cmd::Keepalive, self.appcode, seq)))
-            .await?;
+        self.send(&Frame::empty(Header::new(
+            Cmd::Keepalive,
+            self.appcode,
+            seq,
+        )))
+        .await?;
         self.reply(Cmd::Keepalive, seq).await.map(drop)
     }
 
@@ -130,8 +134,11 @@ impl Client {
         let ack = pb::PushAck {
             msg_id: msg_id.into(),
         };
-        self.send(&Frame::new(Header::new(Cmd::S2cAck, self.appcode, seq), &ack))
-            .await
+        self.send(&Frame::new(
+            Header::new(Cmd::S2cAck, self.appcode, seq),
+            &ack,
+        ))
+        .await
     }
 
     /// Next frame from the server, whatever it is.

@@ -266,7 +266,9 @@ mod tests {
         // would have to buffer ~4 GiB first.
         let bytes = hex::decode("54470100000100010000000000000001fffffff0").unwrap();
         let err = Header::check(&bytes, DEFAULT_MAX_BODY).unwrap_err();
-        assert!(matches!(err, DecodeError::BodyTooLarge { len: 0xffff_fff0, max } if max == DEFAULT_MAX_BODY));
+        assert!(
+            matches!(err, DecodeError::BodyTooLarge { len: 0xffff_fff0, max } if max == DEFAULT_MAX_BODY)
+        );
     }
 
     #[test]
@@ -275,6 +277,9 @@ mod tests {
             header: header(Cmd::Login, 0, 1, 0, 1),
             body: Bytes::from_static(&[0x0a, 0x05, 0x61]),
         };
-        assert!(matches!(f.decode_body::<pb::Login>(), Err(DecodeError::BadBody(_))));
+        assert!(matches!(
+            f.decode_body::<pb::Login>(),
+            Err(DecodeError::BadBody(_))
+        ));
     }
 }

@@ -18,10 +18,10 @@ mod header;
 pub mod client;
 
 pub use cmd::Cmd;
-pub use prost;
 pub use error::{DecodeError, ErrorCode};
 pub use frame::Frame;
 pub use header::{Flags, Header, DEFAULT_MAX_BODY, HEADER_LEN, MAGIC, VERSION};
+pub use prost;
 
 /// Generated protobuf bodies (`proto/tidegate.proto`).
 pub mod pb {

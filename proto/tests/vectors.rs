@@ -134,8 +134,10 @@ fn invalid_vectors_are_classified() {
         let expect = v["expect"].as_str().unwrap();
         match (expect, got) {
             (e, Err(DecodeError::BadMagic(_))) if e.starts_with("error: bad magic") => {}
-            (e, Err(DecodeError::BadVersion(9))) if e.starts_with("error: unsupported version") => {}
-            (e, Err(DecodeError::BodyTooLarge { .. })) if e.starts_with("error: body too large") => {}
+            (e, Err(DecodeError::BadVersion(9))) if e.starts_with("error: unsupported version") => {
+            }
+            (e, Err(DecodeError::BodyTooLarge { .. }))
+                if e.starts_with("error: body too large") => {}
             ("need more bytes", Ok(None)) => assert_eq!(buf.len(), bytes.len(), "{name} consumed"),
             (e, got) => panic!("{name}: expected {e}, got {got:?}"),
         }
@@ -145,8 +147,14 @@ fn invalid_vectors_are_classified() {
 #[test]
 fn vectors_copy_is_current() {
     // CI clones the repo with shared/ beside it; a developer's checkout too.
-    let shared = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/protocol-v1-vectors.json");
+    let shared = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/protocol-v1-vectors.json"
+    );
     if let Ok(upstream) = std::fs::read_to_string(shared) {
-        assert_eq!(upstream, VECTORS, "copy shared/protocol-v1-vectors.json to proto/tests/");
+        assert_eq!(
+            upstream, VECTORS,
+            "copy shared/protocol-v1-vectors.json to proto/tests/"
+        );
     }
 }

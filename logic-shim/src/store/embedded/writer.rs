@@ -1,0 +1,253 @@
+//! The embedded store's single writer thread and its group commit (see the
+//! parent module's doc for why). It owns every write transaction; callers
+//! reach it only through [`Job`]s on a bounded channel.
+
+use super::{storage, C2S, C2S_META, EPOCHS, PRESENCE};
+use crate::store::{NewSession, SessionRecord, StoreError, StreamId};
+use redb::{Database, Durability, ReadableTable, WriteTransaction};
+use tidegate_proto::now_ms;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most ops committed in one transaction; bounds a batch's latency.
+pub(super) const MAX_BATCH: usize = 1024;
+
+/// One write, as queued for the writer thread.
+pub(super) struct Job {
+    pub(super) op: Op,
+    pub(super) reply: oneshot::Sender<Result<Done, StoreError>>,
+}
+
+/// What a [`Job`] asks the writer to do.
+pub(super) enum Op {
+    AddSession {
+        app: u16,
+        uid: String,
+        new: NewSession,
+    },
+    RemoveSession {
+        app: u16,
+        uid: String,
+        key: String,
+        epoch: u64,
+    },
+    AppendC2s {
+        stream: String,
+        encoded: Vec<u8>,
+        max_len: u64,
+    },
+}
+
+/// An op's result, sent only after its transaction committed.
+#[derive(Debug)]
+pub(super) enum Done {
+    Added(SessionRecord),
+    Removed(bool),
+    Appended(StreamId),
+}
+
+/// Creates any missing table, in one committed transaction.
+pub(super) fn create_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(storage)?;
+    Tables::open(&txn)?;
+    txn.commit().map_err(storage)
+}
+
+/// The writer thread: one blocking receive, then drain the queue, then one
+/// commit for the whole batch (the rumqttd router's pattern, STYLE §6).
+pub(super) fn run_writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(job) = rx.blocking_recv() {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(db, &mut batch);
+    }
+}
+
+/// Applies and commits `batch`, then answers every job. An op that is
+/// refused (it checks before it writes) fails alone; a storage failure fails
+/// the whole batch, since redb poisons a transaction that failed part way.
+/// No job is answered before the commit that holds it returned.
+fn commit_batch(db: &Database, batch: &mut Vec<Job>) {
+    let result = (|| {
+        let mut txn = db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        let mut done = Vec::with_capacity(batch.len());
+        {
+            let mut tables = Tables::open(&txn)?;
+            for job in batch.iter() {
+                done.push(tables.apply(&job.op).map_err(storage)?);
+            }
+        }
+        txn.commit().map_err(storage)?;
+        Ok::<_, StoreError>(done)
+    })();
+    match result {
+        Ok(done) => {
+            for (job, done) in batch.drain(..).zip(done) {
+                let _ = job.reply.send(done);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(
+                "embedded store: batch of {} writes failed: {e}",
+                batch.len()
+            );
+            let message = e.to_string();
+            for job in batch.drain(..) {
+                let _ = job
+                    .reply
+                    .send(Err(StoreError::Unavailable(message.clone())));
+            }
+        }
+    }
+}
+
+/// The tables of one write transaction.
+struct Tables<'txn> {
+    presence: redb::Table<'txn, (u16, &'static str, &'static str), (u64, &'static [u8])>,
+    epochs: redb::Table<'txn, (u16, &'static str), u64>,
+    c2s: redb::Table<'txn, (&'static str, u64, u64), &'static [u8]>,
+    meta: redb::Table<'txn, &'static str, (u64, u64, u64)>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
+        Ok(Tables {
+            presence: txn.open_table(PRESENCE).map_err(storage)?,
+            epochs: txn.open_table(EPOCHS).map_err(storage)?,
+            c2s: txn.open_table(C2S).map_err(storage)?,
+            meta: txn.open_table(C2S_META).map_err(storage)?,
+        })
+    }
+
+    /// Outer error: storage failed (abort the batch); inner: this op was
+    /// refused before it wrote anything.
+    fn apply(&mut self, op: &Op) -> Result<Result<Done, StoreError>, redb::Error> {
+        Ok(match op {
+            Op::AddSession { app, uid, new } => self.add_session(*app, uid, new)?.map(Done::Added),
+            Op::RemoveSession {
+                app,
+                uid,
+                key,
+                epoch,
+            } => Ok(Done::Removed(self.remove_session(*app, uid, key, *epoch)?)),
+            Op::AppendC2s {
+                stream,
+                encoded,
+                max_len,
+            } => Ok(Done::Appended(self.append(stream, encoded, *max_len)?)),
+        })
+    }
+
+    fn add_session(
+        &mut self,
+        app: u16,
+        uid: &str,
+        new: &NewSession,
+    ) -> Result<Result<SessionRecord, StoreError>, redb::Error> {
+        let last = self.epochs.get((app, uid))?.map_or(0, |g| g.value());
+        let Some(epoch) = last.checked_add(1) else {
+            let why = format!("epoch of {app}:{uid} is at u64::MAX");
+            return Ok(Err(StoreError::Corrupt(why)));
+        };
+        let record = SessionRecord {
+            gate_id: new.key.gate_id.clone(),
+            shard: new.key.shard,
+            conn: new.key.conn,
+            epoch,
+            device: new.device.clone(),
+            platform: new.platform.clone(),
+            since_ms: new.since_ms,
+        };
+        let json = match serde_json::to_vec(&record) {
+            Ok(json) => json,
+            Err(e) => {
+                return Ok(Err(StoreError::BadInput(format!(
+                    "session {}: {e}",
+                    new.key
+                ))))
+            }
+        };
+        let field = new.key.to_string();
+        self.epochs.insert((app, uid), epoch)?;
+        self.presence
+            .insert((app, uid, field.as_str()), (epoch, json.as_slice()))?;
+        Ok(Ok(record))
+    }
+
+    fn remove_session(
+        &mut self,
+        app: u16,
+        uid: &str,
+        key: &str,
+        epoch: u64,
+    ) -> Result<bool, redb::Error> {
+        let stored = self.presence.get((app, uid, key))?.map(|g| g.value().0);
+        if stored != Some(epoch) {
+            return Ok(false);
+        }
+        self.presence.remove((app, uid, key))?;
+        Ok(true)
+    }
+
+    /// Appends with a Redis-style id: `ms` follows the clock but never goes
+    /// back (a clock step backwards keeps the last `ms` and bumps `seq`).
+    fn append(
+        &mut self,
+        stream: &str,
+        encoded: &[u8],
+        max_len: u64,
+    ) -> Result<StreamId, redb::Error> {
+        let (last_ms, last_seq, count) = self.meta.get(stream)?.map_or((0, 0, 0), |g| g.value());
+        let now = now_ms();
+        let id = if now > last_ms {
+            StreamId { ms: now, seq: 0 }
+        } else {
+            StreamId {
+                ms: last_ms,
+                seq: last_seq + 1,
+            }
+        };
+        self.c2s.insert((stream, id.ms, id.seq), encoded)?;
+        let mut count = count + 1;
+        // Trim in steps of `slack` so the delete cost is amortized, like
+        // Redis's `MAXLEN ~`, which only drops whole stream nodes.
+        if count > max_len + trim_slack(max_len) {
+            let excess = usize::try_from(count - max_len).unwrap_or(usize::MAX);
+            let oldest = self
+                .c2s
+                .range((stream, 0, 0)..=(stream, u64::MAX, u64::MAX))?
+                .take(excess)
+                .map(|row| row.map(|(k, _)| (k.value().1, k.value().2)))
+                .collect::<Result<Vec<_>, _>>()?;
+            for (ms, seq) in &oldest {
+                self.c2s.remove((stream, *ms, *seq))?;
+            }
+            count -= oldest.len() as u64;
+        }
+        self.meta.insert(stream, (id.ms, id.seq, count))?;
+        Ok(id)
+    }
+}
+
+/// How far past `max_len` a stream may grow before a trim: ~6 %, at most 1000.
+fn trim_slack(max_len: u64) -> u64 {
+    (max_len / 16).clamp(1, 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_is_small_but_positive() {
+        assert_eq!(trim_slack(1), 1);
+        assert_eq!(trim_slack(100), 6);
+        assert_eq!(trim_slack(100_000), 1000);
+    }
+}

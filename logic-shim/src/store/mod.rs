@@ -1,0 +1,194 @@
+//! The `Store`: everything the logic shim remembers lives behind this trait, so
+//! the shim itself stays stateless (ARCHITECTURE §2). Two backends pass one
+//! conformance suite (`tests/store_conformance.rs`): Redis for production
+//! (`redis.rs`) and an embedded durable file for a single node (`embedded.rs`).
+
+pub mod embedded;
+pub mod redis;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use tidegate_proto::{AppCode, MsgType};
+
+/// A logged-in session as presence records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The gate process holding the socket.
+    pub gate_id: String,
+    /// The gate's shard (executor) holding the socket.
+    pub shard: u32,
+    /// The shard's connection id (`ConnId::to_u64`).
+    pub conn: u64,
+    /// Fencing token: strictly increasing per user across all logins.
+    pub epoch: u64,
+    /// Client-chosen device id.
+    pub device: String,
+    /// Client platform (android, ios, web …).
+    pub platform: String,
+    /// Login time, ms since the Unix epoch.
+    pub since_ms: u64,
+}
+
+impl SessionRecord {
+    /// Where this session lives.
+    pub fn key(&self) -> SessionKey {
+        SessionKey {
+            gate_id: self.gate_id.clone(),
+            shard: self.shard,
+            conn: self.conn,
+        }
+    }
+}
+
+/// A session's address: unique among live sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    /// Gate process id.
+    pub gate_id: String,
+    /// Shard in that gate.
+    pub shard: u32,
+    /// Connection id in that shard.
+    pub conn: u64,
+}
+
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.gate_id, self.shard, self.conn)
+    }
+}
+
+/// A session about to be added; the store assigns its epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    /// Where the socket lives.
+    pub key: SessionKey,
+    /// Client-chosen device id.
+    pub device: String,
+    /// Client platform.
+    pub platform: String,
+    /// Login time, ms since the Unix epoch.
+    pub since_ms: u64,
+}
+
+/// One c2s message on an app's bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct C2sEntry {
+    /// Sender.
+    pub uid: String,
+    /// App-chosen content type.
+    pub content_type: String,
+    /// Opaque content.
+    pub content: Bytes,
+    /// When logic received it, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// A stream position, in Redis Stream id form `<ms>-<seq>` on both backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId {
+    /// Milliseconds part.
+    pub ms: u64,
+    /// Sequence within the millisecond.
+    pub seq: u64,
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl FromStr for StreamId {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || StoreError::BadInput(format!("stream id {s:?} is not <ms>-<seq>"));
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        Ok(StreamId {
+            ms: ms.parse().map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// A c2s entry with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    /// Position in the stream.
+    pub id: StreamId,
+    /// The message.
+    pub entry: C2sEntry,
+}
+
+/// Store failures, tagged by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached right now; retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The caller passed something the store cannot accept.
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// Stored data does not parse; a bug or a foreign writer.
+    #[error("store data corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Presence and persistence for the logic shim.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Backend name for logs and metrics (`redis`, `embedded`).
+    fn backend(&self) -> &'static str;
+
+    /// Checks that the backend answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Adds a session to the user's presence under a fresh epoch, strictly
+    /// greater than every epoch this user had before; one atomic step.
+    async fn add_session(
+        &self,
+        app: AppCode,
+        uid: &str,
+        new: NewSession,
+    ) -> Result<SessionRecord, StoreError>;
+
+    /// Removes the session at `key` only if it still carries `epoch`, so a
+    /// stale close can never remove a newer login; returns whether it did.
+    async fn remove_session(
+        &self,
+        app: AppCode,
+        uid: &str,
+        key: &SessionKey,
+        epoch: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// The user's live sessions, oldest epoch first.
+    async fn sessions(&self, app: AppCode, uid: &str) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Appends to the `(app, msgtype)` c2s stream, trimming it to about
+    /// `max_len` entries; returns the new entry's id (strictly increasing).
+    async fn append_c2s(
+        &self,
+        app: AppCode,
+        msgtype: MsgType,
+        entry: &C2sEntry,
+        max_len: u64,
+    ) -> Result<StreamId, StoreError>;
+
+    /// Up to `limit` entries after `after` (from the start when `None`), oldest first.
+    async fn read_c2s(
+        &self,
+        app: AppCode,
+        msgtype: MsgType,
+        after: Option<StreamId>,
+        limit: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError>;
+}
+
+/// The Redis key of an app's c2s stream, documented for consumer groups:
+/// `XREADGROUP GROUP <g> <consumer> STREAMS c2s:<app>:<msgtype> >`.
+pub fn c2s_stream_key(app: AppCode, msgtype: MsgType) -> String {
+    format!("c2s:{app}:{msgtype}")
+}

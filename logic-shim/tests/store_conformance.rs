@@ -1,0 +1,551 @@
+//! One conformance suite for every [`Store`] backend: each case is written
+//! once against `Arc<dyn Store>` and instantiated per backend by
+//! `conformance!`, so tests read `embedded::epochs_increase`,
+//! `redis::epochs_increase`. Redis cases run a real redis-server from the
+//! testkit. Run: `cargo test -p tidegate-logic --features testkit`.
+
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tidegate_logic::store::embedded::EmbeddedStore;
+use tidegate_logic::store::redis::RedisStore;
+use tidegate_logic::store::{C2sEntry, NewSession, SessionKey, Store, StoreError, StreamId};
+use tidegate_logic::testkit::{free_port, RedisServer};
+use tidegate_proto::{AppCode, MsgType};
+
+const APP: AppCode = AppCode(1);
+const OTHER_APP: AppCode = AppCode(2);
+const MT: MsgType = MsgType(7);
+/// Redis's `MAXLEN ~` drops only whole stream nodes (`stream-node-max-entries`,
+/// 100 by default), so a trimmed stream may hold up to this many extra entries.
+const TRIM_SLACK: usize = 100;
+/// Every store call must answer within this, even with the backend gone.
+const NO_HANG: Duration = Duration::from_secs(15);
+
+/// A backend under test plus whatever must live as long as it.
+struct Fixture {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+    _redis: Option<RedisServer>,
+}
+
+fn embedded_fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = EmbeddedStore::open(&dir.path().join("nested/store.redb")).expect("open embedded");
+    Fixture {
+        store: Arc::new(store),
+        _dir: Some(dir),
+        _redis: None,
+    }
+}
+
+async fn redis_fixture() -> Fixture {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url())
+        .await
+        .expect("connect redis");
+    Fixture {
+        store: Arc::new(store),
+        _dir: None,
+        _redis: Some(server),
+    }
+}
+
+/// Instantiates every shared case for one backend.
+macro_rules! conformance {
+    ($backend:ident, $fixture:expr) => {
+        mod $backend {
+            use super::*;
+            conformance!(@cases $fixture;
+                ping_answers,
+                epochs_increase,
+                concurrent_logins_get_distinct_epochs,
+                users_and_apps_are_isolated,
+                add_then_sessions_returns_the_record,
+                remove_is_fenced_by_epoch,
+                remove_unknown_session_is_false,
+                special_uids_work_and_do_not_collide,
+                c2s_ids_strictly_increase,
+                read_c2s_pages_exact_binary_entries,
+                trim_keeps_about_max_len,
+                concurrent_appends_get_unique_ids,
+                zero_max_len_is_bad_input,
+            );
+        }
+    };
+    (@cases $fixture:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                #[allow(clippy::redundant_closure_call)]
+                let fx = $fixture;
+                tokio::time::timeout(Duration::from_secs(60), super::$case(fx.store.clone()))
+                    .await
+                    .expect("case finished in time");
+            }
+        )*
+    };
+}
+
+conformance!(embedded, embedded_fixture());
+conformance!(redis, redis_fixture().await);
+
+fn key(gate: &str, shard: u32, conn: u64) -> SessionKey {
+    SessionKey {
+        gate_id: gate.into(),
+        shard,
+        conn,
+    }
+}
+
+fn login(key: SessionKey, device: &str) -> NewSession {
+    NewSession {
+        key,
+        device: device.into(),
+        platform: "android".into(),
+        since_ms: 1_700_000_000_000,
+    }
+}
+
+/// A c2s entry whose content covers every byte value (not valid UTF-8).
+fn entry(i: u32) -> C2sEntry {
+    let mut content: Vec<u8> = (0..=255u8).collect();
+    content.extend_from_slice(&i.to_be_bytes());
+    C2sEntry {
+        uid: format!("driver-{i}"),
+        content_type: "application/x-gps".into(),
+        content: Bytes::from(content),
+        at_ms: 1_700_000_000_000 + u64::from(i),
+    }
+}
+
+async fn ping_answers(store: Arc<dyn Store>) {
+    store.ping().await.expect("ping");
+    assert!(["redis", "embedded"].contains(&store.backend()));
+}
+
+async fn epochs_increase(store: Arc<dyn Store>) {
+    let mut last = 0;
+    for conn in 0..5 {
+        let rec = store
+            .add_session(APP, "alice", login(key("g1", 0, conn), "d"))
+            .await
+            .unwrap();
+        assert!(rec.epoch > last, "epoch {} after {last}", rec.epoch);
+        last = rec.epoch;
+    }
+    // Logging out does not reset the counter: a later login still fences older ones.
+    for s in store.sessions(APP, "alice").await.unwrap() {
+        assert!(store
+            .remove_session(APP, "alice", &s.key(), s.epoch)
+            .await
+            .unwrap());
+    }
+    assert!(store.sessions(APP, "alice").await.unwrap().is_empty());
+    let rec = store
+        .add_session(APP, "alice", login(key("g1", 0, 0), "d"))
+        .await
+        .unwrap();
+    assert!(
+        rec.epoch > last,
+        "epoch {} reused after logout (last {last})",
+        rec.epoch
+    );
+}
+
+async fn concurrent_logins_get_distinct_epochs(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..50)
+        .map(|conn| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .add_session(APP, "bob", login(key("g", 1, conn), "d"))
+                    .await
+            })
+        })
+        .collect();
+    let mut epochs = HashSet::new();
+    for t in tasks {
+        assert!(
+            epochs.insert(t.await.unwrap().unwrap().epoch),
+            "duplicate epoch"
+        );
+    }
+    let sessions = store.sessions(APP, "bob").await.unwrap();
+    assert_eq!(sessions.len(), 50);
+    assert!(
+        sessions.windows(2).all(|w| w[0].epoch < w[1].epoch),
+        "sorted by epoch"
+    );
+}
+
+async fn users_and_apps_are_isolated(store: Arc<dyn Store>) {
+    let a1 = store
+        .add_session(APP, "alice", login(key("g", 0, 1), "a1"))
+        .await
+        .unwrap();
+    let b1 = store
+        .add_session(APP, "bob", login(key("g", 0, 2), "b1"))
+        .await
+        .unwrap();
+    let a2 = store
+        .add_session(OTHER_APP, "alice", login(key("g", 0, 3), "a2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sessions(APP, "alice").await.unwrap(),
+        vec![a1.clone()]
+    );
+    assert_eq!(store.sessions(APP, "bob").await.unwrap(), vec![b1]);
+    assert_eq!(
+        store.sessions(OTHER_APP, "alice").await.unwrap(),
+        vec![a2.clone()]
+    );
+    assert!(store.sessions(OTHER_APP, "bob").await.unwrap().is_empty());
+    // Same uid, other app: removal must not reach across.
+    assert!(!store
+        .remove_session(OTHER_APP, "alice", &a1.key(), a1.epoch)
+        .await
+        .unwrap());
+    assert!(!store
+        .remove_session(APP, "bob", &a1.key(), a1.epoch)
+        .await
+        .unwrap());
+    assert_eq!(store.sessions(APP, "alice").await.unwrap(), vec![a1]);
+    assert_eq!(store.sessions(OTHER_APP, "alice").await.unwrap(), vec![a2]);
+}
+
+async fn add_then_sessions_returns_the_record(store: Arc<dyn Store>) {
+    let new = NewSession {
+        key: key("gate-7/a", 3, u64::MAX - 1),
+        device: "pixel".into(),
+        platform: "android".into(),
+        since_ms: 1_234_567,
+    };
+    let rec = store.add_session(APP, "carol", new.clone()).await.unwrap();
+    assert_eq!(rec.key(), new.key);
+    assert_eq!(
+        (rec.device.as_str(), rec.platform.as_str(), rec.since_ms),
+        ("pixel", "android", 1_234_567)
+    );
+    assert_eq!(
+        store.sessions(APP, "carol").await.unwrap(),
+        vec![rec.clone()]
+    );
+
+    let web = store
+        .add_session(APP, "carol", login(key("g2", 0, 9), "web"))
+        .await
+        .unwrap();
+    assert_eq!(store.sessions(APP, "carol").await.unwrap(), vec![rec, web]);
+}
+
+async fn remove_is_fenced_by_epoch(store: Arc<dyn Store>) {
+    let k = key("g", 0, 42);
+    let old = store
+        .add_session(APP, "dave", login(k.clone(), "d"))
+        .await
+        .unwrap();
+    assert!(!store
+        .remove_session(APP, "dave", &k, old.epoch + 1)
+        .await
+        .unwrap());
+    assert!(!store.remove_session(APP, "dave", &k, 0).await.unwrap());
+    assert_eq!(
+        store.sessions(APP, "dave").await.unwrap(),
+        vec![old.clone()]
+    );
+
+    // A re-login on the same address replaces the record; the stale close
+    // (old epoch) must not remove the new one (ARCHITECTURE §5).
+    let new = store
+        .add_session(APP, "dave", login(k.clone(), "d"))
+        .await
+        .unwrap();
+    assert!(!store
+        .remove_session(APP, "dave", &k, old.epoch)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.sessions(APP, "dave").await.unwrap(),
+        vec![new.clone()]
+    );
+
+    assert!(store
+        .remove_session(APP, "dave", &k, new.epoch)
+        .await
+        .unwrap());
+    assert!(store.sessions(APP, "dave").await.unwrap().is_empty());
+    assert!(!store
+        .remove_session(APP, "dave", &k, new.epoch)
+        .await
+        .unwrap());
+}
+
+async fn remove_unknown_session_is_false(store: Arc<dyn Store>) {
+    assert!(!store
+        .remove_session(APP, "nobody", &key("g", 0, 1), 1)
+        .await
+        .unwrap());
+    let rec = store
+        .add_session(APP, "erin", login(key("g", 0, 1), "d"))
+        .await
+        .unwrap();
+    assert!(!store
+        .remove_session(APP, "erin", &key("g", 0, 2), rec.epoch)
+        .await
+        .unwrap());
+    assert!(!store
+        .remove_session(APP, "erin", &key("g", 1, 1), rec.epoch)
+        .await
+        .unwrap());
+    assert!(!store
+        .remove_session(APP, "erin", &key("h", 0, 1), rec.epoch)
+        .await
+        .unwrap());
+    assert_eq!(store.sessions(APP, "erin").await.unwrap(), vec![rec]);
+}
+
+async fn special_uids_work_and_do_not_collide(store: Arc<dyn Store>) {
+    let uids = [
+        "",
+        ":",
+        "a",
+        "a:b",
+        "a:b:p",
+        "{",
+        "}",
+        "{a}",
+        "a}b",
+        "}{",
+        "%",
+        "%7B",
+        "%7D",
+        "%25",
+        "x}:p",
+        "x}:epoch",
+        "ü",
+        "司机-🚚",
+        "a b",
+        "a\nb",
+        "1:a",
+    ];
+    for (i, uid) in uids.iter().enumerate() {
+        store
+            .add_session(APP, uid, login(key("g", 0, i as u64), uid))
+            .await
+            .unwrap();
+    }
+    for (i, uid) in uids.iter().enumerate() {
+        let sessions = store.sessions(APP, uid).await.unwrap();
+        assert_eq!(sessions.len(), 1, "uid {uid:?} sees {sessions:?}");
+        assert_eq!(
+            (sessions[0].device.as_str(), sessions[0].conn),
+            (*uid, i as u64)
+        );
+        assert!(store.sessions(OTHER_APP, uid).await.unwrap().is_empty());
+    }
+    let first = &store.sessions(APP, "{a}").await.unwrap()[0];
+    assert!(store
+        .remove_session(APP, "{a}", &first.key(), first.epoch)
+        .await
+        .unwrap());
+    assert!(store.sessions(APP, "{a}").await.unwrap().is_empty());
+    assert_eq!(store.sessions(APP, "a").await.unwrap().len(), 1);
+    assert_eq!(store.sessions(APP, "%7B").await.unwrap().len(), 1);
+}
+
+async fn c2s_ids_strictly_increase(store: Arc<dyn Store>) {
+    let mut last = StreamId { ms: 0, seq: 0 };
+    for i in 0..200 {
+        let id = store.append_c2s(APP, MT, &entry(i), 10_000).await.unwrap();
+        assert!(id > last, "id {id} after {last}");
+        last = id;
+    }
+}
+
+async fn read_c2s_pages_exact_binary_entries(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(store.append_c2s(APP, MT, &entry(i), 1_000).await.unwrap());
+    }
+    store
+        .append_c2s(OTHER_APP, MT, &entry(99), 1_000)
+        .await
+        .unwrap();
+    store
+        .append_c2s(APP, MsgType(8), &entry(98), 1_000)
+        .await
+        .unwrap();
+
+    let all = store.read_c2s(APP, MT, None, 100).await.unwrap();
+    assert_eq!(all.len(), 10);
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.id, ids[i]);
+        assert_eq!(e.entry, entry(i as u32), "entry {i} content intact");
+    }
+    let page = store.read_c2s(APP, MT, Some(ids[3]), 4).await.unwrap();
+    assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), ids[4..8]);
+    assert_eq!(store.read_c2s(APP, MT, None, 2).await.unwrap(), all[..2]);
+    assert!(store
+        .read_c2s(APP, MT, Some(ids[9]), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.read_c2s(APP, MT, None, 0).await.unwrap().is_empty());
+    // A position that is no entry's id still starts right after it.
+    let before_first = StreamId {
+        ms: ids[0].ms - 1,
+        seq: 7,
+    };
+    let got = store
+        .read_c2s(APP, MT, Some(before_first), 1)
+        .await
+        .unwrap();
+    assert_eq!(got[0].id, ids[0]);
+    assert!(store
+        .read_c2s(AppCode(3), MT, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.read_c2s(OTHER_APP, MT, None, 10).await.unwrap()[0].entry,
+        entry(99)
+    );
+}
+
+async fn trim_keeps_about_max_len(store: Arc<dyn Store>) {
+    let max_len = 100;
+    let mut last = None;
+    for i in 0..500 {
+        last = Some(store.append_c2s(APP, MT, &entry(i), max_len).await.unwrap());
+    }
+    let left = store.read_c2s(APP, MT, None, 10_000).await.unwrap();
+    let n = left.len();
+    assert!(
+        n >= max_len as usize && n <= max_len as usize + TRIM_SLACK,
+        "{n} entries left"
+    );
+    // Trimming drops the oldest: what is left is the newest suffix.
+    assert_eq!(left.last().map(|e| e.id), last);
+    assert_eq!(left[0].entry, entry(500 - n as u32));
+}
+
+async fn concurrent_appends_get_unique_ids(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append_c2s(APP, MT, &entry(i), 100_000).await })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    for t in tasks {
+        assert!(ids.insert(t.await.unwrap().unwrap()), "duplicate id");
+    }
+    let all = store.read_c2s(APP, MT, None, 1_000).await.unwrap();
+    assert_eq!(all.len(), 200);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(all.iter().map(|e| e.id).collect::<HashSet<_>>(), ids);
+}
+
+async fn zero_max_len_is_bad_input(store: Arc<dyn Store>) {
+    let got = store.append_c2s(APP, MT, &entry(0), 0).await;
+    assert!(matches!(got, Err(StoreError::BadInput(_))), "{got:?}");
+}
+
+/// Embedded only: everything acknowledged is on disk; the epoch counter and
+/// stream ids continue where they left off.
+#[tokio::test]
+async fn embedded_state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store = EmbeddedStore::open(&path).unwrap();
+    let rec = store
+        .add_session(APP, "fay", login(key("g", 0, 1), "d"))
+        .await
+        .unwrap();
+    let id = store.append_c2s(APP, MT, &entry(1), 100).await.unwrap();
+    drop(store);
+
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(store.sessions(APP, "fay").await.unwrap(), vec![rec.clone()]);
+    let read = store.read_c2s(APP, MT, None, 10).await.unwrap();
+    assert_eq!((read.len(), read[0].id, &read[0].entry), (1, id, &entry(1)));
+    let next = store
+        .add_session(APP, "fay", login(key("g", 0, 2), "d"))
+        .await
+        .unwrap();
+    assert!(next.epoch > rec.epoch);
+    assert!(store.append_c2s(APP, MT, &entry(2), 100).await.unwrap() > id);
+}
+
+/// Redis only: nothing listening → `Unavailable`, promptly.
+#[tokio::test]
+async fn redis_connect_to_nothing_is_unavailable() {
+    let url = format!("redis://127.0.0.1:{}/", free_port());
+    let got = tokio::time::timeout(NO_HANG, RedisStore::connect(&url))
+        .await
+        .expect("no hang");
+    assert!(
+        matches!(got, Err(StoreError::Unavailable(_))),
+        "{:?}",
+        got.err()
+    );
+}
+
+/// Redis only: the server dies under a connected store → every call answers
+/// `Unavailable` within a bounded time instead of hanging (§5 case 1).
+#[tokio::test]
+async fn redis_server_death_is_unavailable() {
+    let fx = redis_fixture().await;
+    let store = fx.store.clone();
+    store
+        .add_session(APP, "gus", login(key("g", 0, 1), "d"))
+        .await
+        .unwrap();
+    drop(fx);
+    let got = tokio::time::timeout(NO_HANG, store.sessions(APP, "gus"))
+        .await
+        .expect("no hang");
+    assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+    let got = tokio::time::timeout(
+        NO_HANG,
+        store.add_session(APP, "gus", login(key("g", 0, 2), "d")),
+    )
+    .await
+    .expect("no hang");
+    assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+    let got = tokio::time::timeout(NO_HANG, store.append_c2s(APP, MT, &entry(0), 10))
+        .await
+        .expect("no hang");
+    assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+    let got = tokio::time::timeout(NO_HANG, store.ping())
+        .await
+        .expect("no hang");
+    assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zz_tmp_measure() {
+    let fx = embedded_fixture();
+    let t = std::time::Instant::now();
+    for i in 0..200 {
+        fx.store
+            .append_c2s(APP, MT, &entry(i), 100_000)
+            .await
+            .unwrap();
+    }
+    eprintln!("sequential 200: {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let tasks: Vec<_> = (0..2000)
+        .map(|i| {
+            let s = fx.store.clone();
+            tokio::spawn(async move { s.append_c2s(APP, MT, &entry(i), 100_000).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    eprintln!("concurrent 2000: {:?}", t.elapsed());
+}

@@ -1,0 +1,146 @@
+//! Starts the real `tidegate` binary for end-to-end tests. Every listener is
+//! bound to port 0 and read back from the banner, so tests never race for
+//! ports and never depend on each other.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running `tidegate up`.
+pub struct Tidegate {
+    child: Child,
+    /// Client TCP address.
+    pub client: SocketAddr,
+    /// Gateway admin (metrics) address.
+    pub admin: SocketAddr,
+    /// Logic HTTP address.
+    pub http: SocketAddr,
+    /// Keeps the data directory alive.
+    _dir: tempfile::TempDir,
+}
+
+/// Where the store lives.
+pub enum Backend {
+    /// A temporary embedded store.
+    Embedded,
+    /// Redis at this URL.
+    Redis(String),
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tidegate");
+pub const DEV_API_KEY: &str = "tidegate-dev-api-key-app-1";
+
+impl Tidegate {
+    /// `tidegate up` on `backend` with optional extra TOML config.
+    pub fn up(backend: &Backend, extra_config: &str) -> Tidegate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("tidegate.toml");
+        std::fs::write(&cfg, extra_config).expect("write config");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("up")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--client-addr", "127.0.0.1:0"])
+            .args(["--admin-addr", "127.0.0.1:0"])
+            .args(["--link-addr", "127.0.0.1:0"])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .args(["--shards", "2"]);
+        match backend {
+            Backend::Embedded => cmd.arg("--data").arg(dir.path().join("data")),
+            Backend::Redis(url) => cmd.args(["--redis", url]),
+        };
+        let mut child = cmd
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tidegate");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep draining after "ready" so the child never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut client, mut admin, mut http) = (None, None, None);
+        loop {
+            let line = match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("tidegate up did not print ready within 30 s");
+                }
+            };
+            let addr = |l: &str| -> SocketAddr {
+                let a = l.split_whitespace().last().unwrap();
+                let a = a.trim_start_matches("http://").trim_end_matches("/metrics");
+                a.parse().unwrap()
+            };
+            if line.trim_start().starts_with("client tcp") {
+                client = Some(addr(&line));
+            } else if line.trim_start().starts_with("gateway admin") {
+                admin = Some(addr(&line));
+            } else if line.trim_start().starts_with("logic http") {
+                http = Some(addr(&line));
+            } else if line == "ready" {
+                break;
+            }
+        }
+        Tidegate {
+            child,
+            client: client.expect("client addr in banner"),
+            admin: admin.expect("admin addr in banner"),
+            http: http.expect("http addr in banner"),
+            _dir: dir,
+        }
+    }
+
+    /// `http://<logic http>/<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// The gateway's Prometheus text.
+    pub async fn gateway_metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+}
+
+impl Drop for Tidegate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Mints a token with the real `tidegate token` command.
+pub fn token(app: u16, uid: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "--app", &app.to_string(), "--uid", uid])
+        .output()
+        .expect("tidegate token");
+    assert!(
+        out.status.success(),
+        "token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Sum of every sample of `name` whose labels contain `label` in Prometheus text.
+pub fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
