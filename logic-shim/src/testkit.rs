@@ -4,78 +4,46 @@
 //! run real binaries, never mocks). Everything here is synchronous, so it
 //! works under tokio, glommio or no runtime at all.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long a fresh redis-server gets to answer PING.
+/// How long a fresh redis-server gets to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Port picks to try: another process may grab the port we just released.
 const ATTEMPTS: usize = 5;
 
 /// A `redis-server` child process on 127.0.0.1, killed when dropped.
 pub struct RedisServer {
-    child: Child,
+    /// `None` while stopped by [`RedisServer::stop`].
+    child: Option<Child>,
     port: u16,
     /// Redis's `--dir`; removed after the process is gone.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     /// Starts a redis-server without persistence on a free port and waits
-    /// until it answers PING; panics if that fails (it is a test fixture).
+    /// until it answers; panics if that fails (it is a test fixture).
     pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir()
+            .unwrap_or_else(|e| panic!("testkit: cannot create a temp dir: {e}"));
         let mut last_error = String::new();
         for _ in 0..ATTEMPTS {
-            match Self::try_start(free_port()) {
-                Ok(server) => return server,
+            let port = free_port();
+            match spawn_ready(port, &dir) {
+                Ok(child) => {
+                    return RedisServer {
+                        child: Some(child),
+                        port,
+                        dir,
+                    }
+                }
                 Err(e) => last_error = e,
             }
         }
         panic!("testkit: redis-server did not start after {ATTEMPTS} attempts: {last_error}");
-    }
-
-    fn try_start(port: u16) -> Result<RedisServer, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
-        let spawned = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                panic!("testkit: `redis-server` is not on PATH; run `tests/run`, which installs it")
-            }
-            Err(e) => panic!("testkit: cannot run redis-server: {e}"),
-        };
-        // From here on the guard owns the child, so every early return kills it.
-        let mut server = RedisServer {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if ping(port) {
-                return Ok(server);
-            }
-            // Exited early: most likely the port was taken meanwhile.
-            if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(format!("redis-server on port {port} exited with {status}"));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "redis-server on port {port} did not answer PING in {READY_TIMEOUT:?}"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// `redis://127.0.0.1:<port>/`, for `RedisStore::connect` or `--redis`.
@@ -87,13 +55,31 @@ impl RedisServer {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// Kills the server (fault injection: "the store is down"); the port is
+    /// kept for [`RedisServer::restart`]. Data is lost: nothing is persisted.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            // Reap it so no zombie outlives the test and the port is really free.
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server if running and starts an empty one on the same port
+    /// ("the store came back"); panics if the port was taken meanwhile.
+    pub fn restart(&mut self) {
+        self.stop();
+        match spawn_ready(self.port, &self.dir) {
+            Ok(child) => self.child = Some(child),
+            Err(e) => panic!("testkit: redis-server restart failed: {e}"),
+        }
+    }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        // Reap it so no zombie outlives the test and the port is really free.
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -105,15 +91,68 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("testkit: cannot bind 127.0.0.1:0 to find a free port: {e}"))
 }
 
-/// Whether a Redis on `port` answers `PING` with `+PONG`.
-fn ping(port: u16) -> bool {
+/// Runs redis-server on `port` and waits until that very process answers.
+fn spawn_ready(port: u16, dir: &tempfile::TempDir) -> Result<Child, String> {
+    let spawned = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("testkit: `redis-server` is not on PATH; run `tests/run`, which installs it")
+        }
+        Err(e) => panic!("testkit: cannot run redis-server: {e}"),
+    };
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let failed = loop {
+        // Matching the pid matters: if another test's server took the port
+        // first, it would answer PING while ours exits on "address in use".
+        if served_by(port, child.id()) {
+            return Ok(child);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            break format!("redis-server on port {port} exited with {status}");
+        }
+        if Instant::now() > deadline {
+            break format!("redis-server on port {port} did not answer in {READY_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(failed)
+}
+
+/// Whether the Redis answering on `port` is process `pid` (`INFO server`).
+fn served_by(port: u16, pid: u32) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut reply = [0u8; 7];
-    s.write_all(b"*1\r\n$4\r\nPING\r\n").is_ok()
-        && s.read_exact(&mut reply).is_ok()
-        && &reply == b"+PONG\r\n"
+    if s.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    // A bulk reply: `$<len>\r\n<len bytes>\r\n`.
+    let mut reader = BufReader::new(s);
+    let mut header = String::new();
+    let len = match reader.read_line(&mut header) {
+        Ok(_) => header
+            .trim_end()
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok()),
+        Err(_) => None,
+    };
+    let mut body = vec![0u8; len.unwrap_or(0)];
+    len.is_some()
+        && reader.read_exact(&mut body).is_ok()
+        && String::from_utf8_lossy(&body).contains(&format!("process_id:{pid}\r\n"))
 }

@@ -1,19 +1,20 @@
 //! The single-node [`Store`]: presence and c2s streams in one redb file, so
 //! `tidegate up` needs nothing else (ARCHITECTURE §2).
 //!
-//! Durability: redb commits copy-on-write with an fsync before `commit`
-//! returns ([`Durability::Immediate`]), and no call is answered before the
-//! commit holding its write returns, so anything acknowledged survives a
-//! crash or power cut.
+//! Durability: redb commits copy-on-write and fsyncs before `commit` returns
+//! ([`redb::Durability::Immediate`]), and no call is answered before the
+//! commit holding its write has returned, so whatever a caller saw succeed
+//! survives a crash or power cut.
 //!
-//! Why group commit: an fsync costs ~0.1–10 ms, and c2s appends arrive from
-//! many tasks at once. One writer thread owns every write (redb allows one
-//! write transaction at a time anyway): it takes one op from its channel,
-//! drains whatever else queued up meanwhile (up to [`writer::MAX_BATCH`]), applies
-//! them all in ONE transaction and pays ONE fsync, then answers each caller.
-//! Under load batches grow by themselves; an idle store still commits each
-//! op at once. The writer is also what serializes per-user transitions
-//! (epoch fencing, §5). Reads run on tokio's blocking pool with their own
+//! Why group commit: c2s appends arrive from many tasks at once, and one
+//! fsync per append would cap the store at one append per disk flush. One
+//! writer thread owns every write (redb allows one write transaction at a
+//! time anyway): it takes one op from its channel, drains whatever queued up
+//! meanwhile (up to `writer::MAX_BATCH`), applies them all in ONE
+//! transaction, pays ONE fsync, then answers each caller. Batches grow with
+//! load by themselves; an idle store still commits each op at once. The
+//! single writer is also what serializes per-user transitions (epoch
+//! fencing, ARCHITECTURE §5). Reads run on tokio's blocking pool in their own
 //! MVCC read transactions and never wait for the writer.
 
 use super::{
