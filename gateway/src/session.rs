@@ -224,7 +224,9 @@ impl Session {
             Some(pb::link_login_reply::Result::Accepted(ok)) => {
                 let body = pb::LoginOk {
                     uid: ok.uid.clone(),
-                    session_id: self.conn.to_u64(),
+                    // The presence epoch: unique per user and increasing,
+                    // unlike the shard-local connection id.
+                    session_id: ok.epoch,
                     keepalive_s: if ok.keepalive_s == 0 {
                         ctx.keepalive_s
                     } else {

@@ -9,7 +9,7 @@ use tidegate_proto::{
 
 const VECTORS: &str = include_str!("protocol-v1-vectors.json");
 
-fn field<'a>(fields: &'a [Value], n: u64) -> Option<&'a Value> {
+fn field(fields: &[Value], n: u64) -> Option<&Value> {
     fields
         .iter()
         .find(|f| f[0].as_u64() == Some(n))
