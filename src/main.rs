@@ -41,6 +41,15 @@ enum Command {
     Token(TokenArgs),
     /// Logs in over TCP and prints what arrives.
     Client(cli_client::ClientArgs),
+    /// Load scenarios against a running gateway (loopback only).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Hold N logged-in connections; report gateway and kernel memory per connection.
+    Idle(tidegate_bench::idle::IdleArgs),
 }
 
 #[derive(Args)]
@@ -144,6 +153,11 @@ fn main() -> anyhow::Result<()> {
         Command::Logic(a) => logic(a),
         Command::Token(a) => token(a),
         Command::Client(a) => cli_client::run(a),
+        Command::Bench(BenchCmd::Idle(a)) => {
+            let report = runtime()?.block_on(tidegate_bench::idle::run(a))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
     }
 }
 

@@ -1,7 +1,11 @@
 //! Tidegate bench: the harness through which every performance claim of the
-//! project is made. This crate starts with the latency recorder the
-//! scenarios share; the scenarios themselves (`tidegate bench <scenario>`)
-//! arrive with the bench issue.
+//! project is made. Scenarios so far: `idle` (hold N logged-in connections
+//! and measure the gateway's memory per connection). The other scenarios of
+//! the bench issue arrive with it.
+
+pub mod idle;
+pub mod procfs;
+pub mod sources;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;

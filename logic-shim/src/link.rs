@@ -1,6 +1,11 @@
 //! The link server: gate shards connect here and speak the v1 codec with
-//! link commands (≥ 0x8000). Frames of one link are handled in order, so a
-//! session's close can never overtake its login.
+//! link commands (≥ 0x8000).
+//!
+//! Frames are spread over [`LANES`] ordered lanes per link by connection id:
+//! frames of one connection stay in order (a session's close can never
+//! overtake its login), while logins of different connections wait on the
+//! store in parallel. Measured: one lane per link held logins to ~760/s on
+//! the embedded store (each waited for its own commit).
 
 use crate::gates::{ShardAddr, LINK_QUEUE};
 use crate::{c2s, presence, Logic};
@@ -14,6 +19,10 @@ use tokio::sync::mpsc;
 
 /// Largest link frame body accepted from a gate.
 const MAX_LINK_BODY: u32 = 16 << 20;
+/// Ordered lanes per link.
+const LANES: usize = 64;
+/// Frames queued per lane before the link reader waits (backpressure to the gate).
+const LANE_QUEUE: usize = 1024;
 
 /// Accepts gate links forever.
 pub async fn serve(logic: Arc<Logic>, listener: TcpListener) {
@@ -74,22 +83,63 @@ async fn handle(logic: Arc<Logic>, stream: TcpStream) -> anyhow::Result<()> {
 }
 
 async fn read_loop(
-    logic: &Logic,
+    logic: &Arc<Logic>,
     gate: &ShardAddr,
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     buf: &mut BytesMut,
     tx: &mpsc::Sender<Bytes>,
 ) -> anyhow::Result<()> {
+    let mut lanes = Vec::with_capacity(LANES);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..LANES {
+        let (lane_tx, lane_rx) = mpsc::channel(LANE_QUEUE);
+        lanes.push(lane_tx);
+        workers.spawn(lane(logic.clone(), gate.clone(), lane_rx, tx.clone()));
+    }
     loop {
         while let Some(frame) = Frame::parse(buf, MAX_LINK_BODY)? {
-            if let Some(reply) = dispatch(logic, gate, frame).await? {
-                tx.send(reply).await?;
-            }
+            let lane = (peek_conn(&frame.body) % LANES as u64) as usize;
+            lanes[lane].send(frame).await?;
+        }
+        if let Some(done) = workers.try_join_next() {
+            // A lane only ends on a malformed frame or a closed writer.
+            done??;
         }
         if rd.read_buf(buf).await? == 0 {
             anyhow::bail!("gate closed the link");
         }
     }
+}
+
+/// Handles one lane's frames in order.
+async fn lane(
+    logic: Arc<Logic>,
+    gate: ShardAddr,
+    mut frames: mpsc::Receiver<Frame>,
+    tx: mpsc::Sender<Bytes>,
+) -> anyhow::Result<()> {
+    while let Some(frame) = frames.recv().await {
+        if let Some(reply) = dispatch(&logic, &gate, frame).await? {
+            tx.send(reply).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The `conn` of a link body without decoding it: every per-connection link
+/// message has `conn` as field 1, which prost writes first. 0 if absent.
+fn peek_conn(body: &[u8]) -> u64 {
+    if body.first() != Some(&0x08) {
+        return 0;
+    }
+    let mut v = 0u64;
+    for (i, b) in body[1..].iter().take(10).enumerate() {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return v;
+        }
+    }
+    0
 }
 
 /// Handles one frame from a gate; returns the reply to send, if any.
@@ -123,6 +173,35 @@ async fn dispatch(logic: &Logic, gate: &ShardAddr, frame: Frame) -> anyhow::Resu
         }
     };
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidegate_proto::prost::Message;
+
+    #[test]
+    fn peek_conn_reads_field_one() {
+        for conn in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            u64::from(u32::MAX) << 32 | 7,
+            u64::MAX,
+        ] {
+            let body = pb::LinkSessionClosed {
+                conn,
+                uid: "u".into(),
+                epoch: 9,
+            }
+            .encode_to_vec();
+            assert_eq!(peek_conn(&body), conn);
+        }
+        assert_eq!(peek_conn(&[]), 0);
+        assert_eq!(peek_conn(&[0x08, 0xff]), 0, "truncated varint");
+    }
 }
 
 /// Writes queued frames, many per syscall: one blocking receive, then

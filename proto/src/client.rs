@@ -51,7 +51,12 @@ pub struct Client {
 impl Client {
     /// Connects without logging in.
     pub async fn connect(addr: SocketAddr) -> Result<Client, ClientError> {
-        let stream = TcpStream::connect(addr).await?;
+        Client::from_stream(TcpStream::connect(addr).await?)
+    }
+
+    /// Wraps an already connected stream (e.g. one bound to a chosen source
+    /// address, as bench does to pass the per-address port limit).
+    pub fn from_stream(stream: TcpStream) -> Result<Client, ClientError> {
         stream.set_nodelay(true)?;
         Ok(Client {
             stream,

@@ -1,0 +1,91 @@
+//! Memory readings from /proc: a process's resident set and the kernel's
+//! TCP socket memory, the two numbers the idle scenario compares.
+
+use anyhow::Context;
+use serde::Serialize;
+
+/// Resident set size of `pid` in bytes (`VmRSS` of /proc/PID/status).
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status (is the gateway running?)"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .context("no VmRSS in /proc/PID/status")?;
+    Ok(kb * 1024)
+}
+
+/// Kernel-wide TCP socket counters from /proc/net/sockstat.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct SockStat {
+    /// Sockets in use.
+    pub inuse: u64,
+    /// Sockets allocated.
+    pub alloc: u64,
+    /// Buffer memory charged to TCP, bytes (`mem` pages × page size).
+    pub mem_bytes: u64,
+}
+
+/// Reads /proc/net/sockstat.
+pub fn sockstat() -> anyhow::Result<SockStat> {
+    let text =
+        std::fs::read_to_string("/proc/net/sockstat").context("reading /proc/net/sockstat")?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("TCP:"))
+        .context("no TCP line")?;
+    let mut s = SockStat::default();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    for pair in fields[1..].chunks(2) {
+        if let [k, v] = pair {
+            let v: u64 = v.parse().unwrap_or(0);
+            match *k {
+                "inuse" => s.inuse = v,
+                "alloc" => s.alloc = v,
+                "mem" => s.mem_bytes = v * 4096,
+                _ => {}
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// Bytes of slab memory of the caches that make up a TCP socket (TCP,
+/// sock_inode_cache, …) from /proc/slabinfo; `None` if unreadable.
+pub fn tcp_slab_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/slabinfo").ok()?;
+    let caches = [
+        "TCP",
+        "sock_inode_cache",
+        "dentry",
+        "filp",
+        "eventpoll_epi",
+        "skbuff_head_cache",
+    ];
+    let total = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // name active_objs num_objs objsize ...
+            if f.len() > 3 && caches.contains(&f[0]) {
+                Some(f[2].parse::<u64>().ok()? * f[3].parse::<u64>().ok()?)
+            } else {
+                None
+            }
+        })
+        .sum();
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_own_rss_and_sockstat() {
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        sockstat().unwrap();
+    }
+}
