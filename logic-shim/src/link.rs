@@ -175,6 +175,26 @@ async fn dispatch(logic: &Logic, gate: &ShardAddr, frame: Frame) -> anyhow::Resu
     Ok(reply)
 }
 
+/// Writes queued frames, many per syscall: one blocking receive, then
+/// whatever else is already queued (rumqttd's router pattern).
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+    let mut batch = BytesMut::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        batch.extend_from_slice(&first);
+        while batch.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(f) => batch.extend_from_slice(&f),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = wr.write_all(&batch).await {
+            tracing::info!("gate link write: {e}");
+            return;
+        }
+        batch.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,25 +221,5 @@ mod tests {
         }
         assert_eq!(peek_conn(&[]), 0);
         assert_eq!(peek_conn(&[0x08, 0xff]), 0, "truncated varint");
-    }
-}
-
-/// Writes queued frames, many per syscall: one blocking receive, then
-/// whatever else is already queued (rumqttd's router pattern).
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
-    let mut batch = BytesMut::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
-        batch.extend_from_slice(&first);
-        while batch.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(f) => batch.extend_from_slice(&f),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = wr.write_all(&batch).await {
-            tracing::info!("gate link write: {e}");
-            return;
-        }
-        batch.clear();
     }
 }
