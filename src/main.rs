@@ -4,6 +4,7 @@
 
 mod cli_client;
 mod config;
+mod workers;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -108,6 +109,13 @@ struct GatewayArgs {
     /// Shards (gateway.shards; 0 = one per CPU).
     #[arg(long)]
     shards: Option<usize>,
+    /// Run and supervise this many gateway processes on the same client port
+    /// (each its own gate; a worker that dies is restarted).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Internal: this process is worker N of a supervisor.
+    #[arg(long, hide = true)]
+    worker_index: Option<usize>,
 }
 
 #[derive(Args)]
@@ -213,7 +221,7 @@ fn apply_store_args(cfg: &mut Config, args: StoreArgs) {
     }
 }
 
-async fn wait_for_shutdown() -> anyhow::Result<()> {
+pub(crate) async fn wait_for_shutdown() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,
@@ -251,14 +259,28 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         let logic =
             LogicServer::start(cfg.logic.clone(), cfg.apps.clone(), store, prom.clone()).await?;
         cfg.gateway.logic = vec![logic.link_addr];
+        let drain = cfg.gateway.drain_timeout_s;
         let gw = Gateway::start(cfg.gateway.clone(), prom)?;
         print_banner(&gw, &logic, &store_desc, dev);
         wait_for_shutdown().await?;
-        println!("tidegate: shutting down");
+        drain_gateway(gw, drain).await;
         Ok::<_, anyhow::Error>(())
     })?;
     // glommio executors do not stop on their own; the process owns them.
     std::process::exit(0);
+}
+
+/// SIGTERM: stop accepting, KICKOUT(draining) everyone, wait for them to go
+/// (at most the drain timeout), then return.
+async fn drain_gateway(gw: Gateway, timeout_s: u32) {
+    println!("tidegate: draining (up to {timeout_s} s)");
+    gw.drain();
+    let joined = tokio::task::spawn_blocking(move || gw.join());
+    let limit = std::time::Duration::from_secs(u64::from(timeout_s) + 2);
+    match tokio::time::timeout(limit, joined).await {
+        Ok(_) => println!("tidegate: drained"),
+        Err(_) => println!("tidegate: drain timed out"),
+    }
 }
 
 /// The address a local client should dial for `bound` (0.0.0.0 → 127.0.0.1).
@@ -310,7 +332,14 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     if let Some(n) = args.shards {
         cfg.gateway.shards = n;
     }
+    if let Some(k) = args.workers {
+        return workers::supervise(k, &cfg.gateway);
+    }
+    if let Some(i) = args.worker_index {
+        workers::configure_worker(&mut cfg.gateway, i);
+    }
     let prom = metrics_recorder()?;
+    let drain = cfg.gateway.drain_timeout_s;
     let gw = Gateway::start(cfg.gateway, prom)?;
     println!(
         "tidegate gateway: gate {} ({} shards)",
@@ -322,7 +351,11 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(wait_for_shutdown())?;
+    rt.block_on(async move {
+        wait_for_shutdown().await?;
+        drain_gateway(gw, drain).await;
+        Ok::<_, anyhow::Error>(())
+    })?;
     std::process::exit(0);
 }
 

@@ -32,6 +32,112 @@ pub struct GatewayConfig {
     pub io_memory_kib: usize,
     /// io_uring submission queue depth per ring.
     pub ring_depth: usize,
+    /// Seconds SIGTERM waits for clients to leave after KICKOUT(draining).
+    pub drain_timeout_s: u32,
+    /// Bearer key for the admin API's write calls; unset = loopback-only trust.
+    pub admin_key: Option<String>,
+    /// `[gateway.flow]`: rate limits and queues.
+    pub flow: FlowConfig,
+    /// `[gateway.guard]`: lists, bans and per-IP caps.
+    pub guard: GuardConfig,
+}
+
+/// What happens to a frame over a connection's rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThrottleAction {
+    /// Stop reading the connection until its bucket refills (backpressure).
+    Delay,
+    /// Discard the frame silently.
+    Drop,
+    /// Discard the frame and answer ERROR(throttled).
+    Error,
+    /// Answer ERROR(throttled) and close the connection.
+    Close,
+}
+
+/// What happens when a client's outbound queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumer {
+    /// Discard the oldest queued frame to make room.
+    DropOldest,
+    /// Close the connection.
+    Disconnect,
+}
+
+/// `[gateway.flow]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowConfig {
+    /// Frames per second a connection may send (0 = unlimited).
+    pub frames_per_s: u32,
+    /// Frames a connection may send in a burst.
+    pub frames_burst: u32,
+    /// Bytes per second a connection may send (0 = unlimited).
+    pub bytes_per_s: u32,
+    /// Bytes a connection may send in a burst.
+    pub bytes_burst: u32,
+    /// What an over-limit frame gets.
+    pub action: ThrottleAction,
+    /// Over-limit frames after which the connection is closed whatever the action (0 = never).
+    pub close_after_violations: u32,
+    /// Policy when a client's outbound queue (`gateway.max_outbound_frames`) is full.
+    pub slow_consumer: SlowConsumer,
+    /// Requests (LOGIN, C2S) awaiting logic per shard before new ones get ERROR(busy).
+    pub max_inflight_logic: u32,
+    /// New connections accepted per second per shard (0 = unlimited); the rest wait in the backlog.
+    pub accept_per_s: u32,
+    /// Accept burst per shard.
+    pub accept_burst: u32,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            frames_per_s: 50,
+            frames_burst: 200,
+            bytes_per_s: 256 * 1024,
+            bytes_burst: 1024 * 1024,
+            action: ThrottleAction::Error,
+            close_after_violations: 100,
+            slow_consumer: SlowConsumer::Disconnect,
+            max_inflight_logic: 10_000,
+            accept_per_s: 0,
+            accept_burst: 1000,
+        }
+    }
+}
+
+/// `[gateway.guard]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardConfig {
+    /// Lists file (TOML: deny_ips, allow_ips, deny_apps, deny_uids), re-read when it changes.
+    pub lists_file: Option<std::path::PathBuf>,
+    /// Connections one IP may hold in this gate process (0 = unlimited; allowed IPs bypass).
+    pub max_conns_per_ip: u32,
+    /// Violations (malformed frames, throttle closes, connect flapping) that ban an IP.
+    pub ban_after_violations: u32,
+    /// Window in which violations are counted, seconds.
+    pub ban_window_s: u32,
+    /// How long a temporary ban lasts, seconds.
+    pub ban_s: u32,
+    /// Connections one IP may open per second before it counts as flapping (0 = off).
+    pub max_connects_per_ip_per_s: u32,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            lists_file: None,
+            max_conns_per_ip: 0,
+            ban_after_violations: 10,
+            ban_window_s: 60,
+            ban_s: 300,
+            max_connects_per_ip_per_s: 0,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -51,6 +157,10 @@ impl Default for GatewayConfig {
             // default 8 MiB `ulimit -l` for every shard together: 512 KiB each.
             io_memory_kib: 512,
             ring_depth: 256,
+            drain_timeout_s: 10,
+            admin_key: None,
+            flow: FlowConfig::default(),
+            guard: GuardConfig::default(),
         }
     }
 }
@@ -117,6 +227,45 @@ impl GatewayConfig {
         check(self.shards <= 1024, "gateway.shards", || {
             format!("{} is above the maximum 1024", self.shards)
         })?;
+        let f = &self.flow;
+        check(
+            f.frames_per_s == 0 || f.frames_burst >= 1,
+            "gateway.flow.frames_burst",
+            || "must be at least 1 when frames_per_s is set".into(),
+        )?;
+        check(
+            f.bytes_per_s == 0 || f.bytes_burst >= self.max_body + 20,
+            "gateway.flow.bytes_burst",
+            || {
+                format!(
+                    "{} is below one largest frame (gateway.max_body + 20 = {}): such a frame could never pass",
+                    f.bytes_burst,
+                    self.max_body + 20
+                )
+            },
+        )?;
+        check(
+            f.max_inflight_logic >= 1,
+            "gateway.flow.max_inflight_logic",
+            || "must be at least 1".into(),
+        )?;
+        check(
+            f.accept_per_s == 0 || f.accept_burst >= 1,
+            "gateway.flow.accept_burst",
+            || "must be at least 1 when accept_per_s is set".into(),
+        )?;
+        let g = &self.guard;
+        check(g.ban_window_s >= 1, "gateway.guard.ban_window_s", || {
+            "must be at least 1".into()
+        })?;
+        check(g.ban_s >= 1, "gateway.guard.ban_s", || {
+            "must be at least 1".into()
+        })?;
+        if let Some(key) = &self.admin_key {
+            check(key.len() >= 16, "gateway.admin_key", || {
+                "must be at least 16 characters".into()
+            })?;
+        }
         Ok(())
     }
 
@@ -138,6 +287,17 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         GatewayConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn flow_errors_name_the_key() {
+        let mut c = GatewayConfig::default();
+        c.flow.bytes_burst = 100;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("config: gateway.flow.bytes_burst: 100 is below"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Bytes of an incomplete frame are the only per-connection read state; when
 //! every frame has been consumed the connection holds no read buffer.
 
+use crate::flow::Verdict;
 use crate::session::CloseReason;
 use crate::shard::Shard;
 use crate::table::Conn;
@@ -15,7 +16,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
-use tidegate_proto::{Cmd, Frame};
+use tidegate_proto::{Cmd, Frame, HEADER_LEN};
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: Option<SocketAddr>) {
@@ -23,6 +24,13 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: Option<SocketA
     let (id, conn) = shard.open();
     let reason = drive(&shard, &conn, &mut stream, peer).await;
     shard.release(id, reason);
+    if let Some(ip) = peer.map(|p| p.ip()) {
+        // The accept loop admitted this IP; misbehaviour counts towards a ban.
+        shard.guard.release(ip);
+        if matches!(reason, CloseReason::BadFrame(_) | CloseReason::Throttled) {
+            shard.guard.violation(ip, reason.label());
+        }
+    }
 }
 
 enum Event {
@@ -68,7 +76,21 @@ async fn drive(
             Err(_) => return CloseReason::Io,
             Ok(Event::Read(n)) => {
                 shard.metrics.bytes_in.increment(n as u64);
-                decode_all(shard, conn, &mut pending, peer);
+                let mut stalled = decode_all(shard, conn, &mut pending, peer);
+                while let Some((frame, wait)) = stalled {
+                    // Over the rate limit with action "delay": answer what is
+                    // queued, stop reading until the bucket refills.
+                    if flush(shard, conn, stream).await.is_err() {
+                        return CloseReason::Io;
+                    }
+                    glommio::timer::sleep(wait).await;
+                    if let Verdict::Delay(w) = shard.admit_frame(conn, frame_len(&frame)) {
+                        stalled = Some((frame, w));
+                        continue;
+                    }
+                    handle(shard, conn, &frame, peer);
+                    stalled = decode_all(shard, conn, &mut pending, peer);
+                }
                 if pending.is_empty() {
                     // Give the allocation back: an idle connection holds no buffer.
                     pending = BytesMut::new();
@@ -78,28 +100,47 @@ async fn drive(
     }
 }
 
-/// Hands every complete frame in `pending` to the session.
-fn decode_all(shard: &Shard, conn: &Conn, pending: &mut BytesMut, peer: Option<SocketAddr>) {
+/// Hands every complete frame in `pending` to the session, within the
+/// connection's rate limits. Returns a frame that must wait, and how long.
+fn decode_all(
+    shard: &Shard,
+    conn: &Conn,
+    pending: &mut BytesMut,
+    peer: Option<SocketAddr>,
+) -> Option<(Frame, std::time::Duration)> {
     while conn.closing.get().is_none() {
         match Frame::parse(pending, shard.cfg.max_body) {
-            Ok(Some(frame)) => {
-                // Only LOGIN needs the address; don't format it per frame.
-                let peer = match (frame.header.cmd, peer) {
-                    (Cmd::Login, Some(p)) => p.to_string(),
-                    _ => String::new(),
-                };
-                shard.handle_frame(conn, &frame, &peer);
-            }
-            Ok(None) => return,
+            Ok(Some(frame)) => match shard.admit_frame(conn, frame_len(&frame)) {
+                Verdict::Pass => handle(shard, conn, &frame, peer),
+                Verdict::Delay(wait) => return Some((frame, wait)),
+                Verdict::Drop => {}
+                Verdict::Error => shard.throttle(conn, &frame.header, false),
+                Verdict::Close => shard.throttle(conn, &frame.header, true),
+            },
+            Ok(None) => return None,
             Err(e) => {
                 shard.handle_decode_error(conn, &e);
                 if e.is_fatal() {
                     pending.clear();
-                    return;
+                    return None;
                 }
             }
         }
     }
+    None
+}
+
+fn frame_len(frame: &Frame) -> usize {
+    HEADER_LEN + frame.body.len()
+}
+
+fn handle(shard: &Shard, conn: &Conn, frame: &Frame, peer: Option<SocketAddr>) {
+    // Only LOGIN needs the address; don't format it per frame.
+    let peer = match (frame.header.cmd, peer) {
+        (Cmd::Login, Some(p)) => p.to_string(),
+        _ => String::new(),
+    };
+    shard.handle_frame(conn, frame, &peer);
 }
 
 /// Writes every queued frame, batching several into one write.

@@ -11,8 +11,11 @@
 //! executor, does not fit; glommio then silently falls back to unregistered
 //! buffers.)
 
+mod admin;
 pub mod config;
 mod conn;
+mod flow;
+pub mod guard;
 mod link;
 pub mod metrics;
 mod session;
@@ -25,12 +28,15 @@ pub use config::{ConfigError, GatewayConfig};
 
 use anyhow::Context;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use guard::Guard;
 use metrics_exporter_prometheus::PrometheusHandle;
 use shard::Shard;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+use tidegate_proto::{AppCode, Cmd, ErrorCode, Header};
 
 /// A running gateway.
 pub struct Gateway {
@@ -43,6 +49,7 @@ pub struct Gateway {
     /// Number of shards.
     pub shards: usize,
     executors: Vec<ExecutorJoinHandle<()>>,
+    draining: Arc<AtomicBool>,
 }
 
 impl Gateway {
@@ -53,8 +60,17 @@ impl Gateway {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shards = if cfg.shards == 0 { cpus } else { cfg.shards };
         let gate_id = cfg.gate_id();
-        let admin_addr = metrics::serve_admin(cfg.admin_addr, prom)
+        let guard =
+            Arc::new(Guard::new(cfg.guard.clone()).map_err(|e| anyhow::anyhow!("config: {e}"))?);
+        let draining = Arc::new(AtomicBool::new(false));
+        let admin = metrics::Admin {
+            prom,
+            guard: guard.clone(),
+            admin_key: cfg.admin_key.clone(),
+        };
+        let admin_addr = metrics::serve_admin(cfg.admin_addr, admin)
             .with_context(|| format!("gateway.admin_addr: cannot listen on {}", cfg.admin_addr))?;
+        spawn_guard_upkeep(guard.clone())?;
 
         let mut executors = Vec::with_capacity(shards);
         let mut client_addr = cfg.client_addr;
@@ -64,11 +80,12 @@ impl Gateway {
             // Shard 0 may bind port 0; the others then join the port it got.
             shard_cfg.client_addr = client_addr;
             let gate = gate_id.clone();
+            let (guard, draining) = (guard.clone(), draining.clone());
             let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
                 .name(&format!("gate-shard-{id}"))
                 .io_memory(cfg.io_memory_kib * 1024)
                 .ring_depth(cfg.ring_depth)
-                .spawn(move || run_shard(id as u32, gate, shard_cfg, ready_tx))
+                .spawn(move || run_shard(id as u32, gate, shard_cfg, guard, draining, ready_tx))
                 .map_err(|e| anyhow::anyhow!("starting shard {id}: {e}"))?;
             executors.push(handle);
             let bound = ready_rx
@@ -85,10 +102,18 @@ impl Gateway {
             gate_id,
             shards,
             executors,
+            draining,
         })
     }
 
-    /// Blocks until every shard has stopped.
+    /// Starts a graceful drain: every shard stops accepting, sends
+    /// KICKOUT(draining) to its clients so they reconnect elsewhere, and
+    /// stops once they are gone or `gateway.drain_timeout_s` has passed.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Blocks until every shard has stopped (after [`Gateway::drain`]).
     pub fn join(self) {
         for e in self.executors {
             let _ = e.join();
@@ -96,11 +121,36 @@ impl Gateway {
     }
 }
 
-/// A shard's life: listen, start links and the wheel, accept forever.
+/// Re-reads the lists file and expires bans once a second, off the shards.
+fn spawn_guard_upkeep(guard: Arc<Guard>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("gateway-guard".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            match guard.reload_file() {
+                Ok(true) => {
+                    ::metrics::counter!("tidegate_gateway_lists_reloads_total", "result" => "ok").increment(1);
+                    tracing::info!("lists file reloaded");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    ::metrics::counter!("tidegate_gateway_lists_reloads_total", "result" => "error").increment(1);
+                    tracing::warn!("{e}; keeping the previous lists");
+                }
+            }
+            guard.sweep();
+        })
+        .map(drop)
+}
+
+/// A shard's life: listen, start links, accept, run the wheel; on drain,
+/// stop accepting, kick everyone, and return when they are gone.
 async fn run_shard(
     id: u32,
     gate_id: String,
     cfg: GatewayConfig,
+    guard: Arc<Guard>,
+    draining: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<SocketAddr, String>>,
 ) {
     let listener = match glommio::net::TcpListener::bind(cfg.client_addr) {
@@ -112,36 +162,78 @@ async fn run_shard(
     };
     let bound = listener.local_addr().map_err(|e| e.to_string());
     let _ = ready.send(bound);
-    let shard = Rc::new(Shard::new(id, Rc::from(gate_id), cfg));
+    let drain_timeout = Duration::from_secs(u64::from(cfg.drain_timeout_s));
+    let shard = Rc::new(Shard::new(id, Rc::from(gate_id), cfg, guard));
 
     for idx in 0..shard.links.len() {
         glommio::spawn_local(link::run(shard.clone(), idx)).detach();
     }
-    let ticker = shard.clone();
-    glommio::spawn_local(async move {
-        loop {
-            glommio::timer::sleep(Duration::from_millis(500)).await;
-            ticker.tick();
-            for link in &ticker.links {
-                link.check_liveness();
-            }
-        }
-    })
-    .detach();
+    let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
 
+    let mut drain_deadline: Option<Instant> = None;
     loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                let peer = stream.peer_addr().ok();
-                glommio::spawn_local(conn::serve(shard.clone(), stream, peer)).detach();
+        glommio::timer::sleep(Duration::from_millis(250)).await;
+        shard.tick();
+        for link in &shard.links {
+            link.check_liveness();
+        }
+        match drain_deadline {
+            None if draining.load(Ordering::Acquire) => {
+                // Dropping the accept task closes this shard's listener; the
+                // kernel sends new connections to the listeners still open.
+                acceptor.cancel();
+                let kicked = shard.kick_all_draining();
+                tracing::info!(shard = id, kicked, "draining");
+                drain_deadline = Some(Instant::now() + drain_timeout);
             }
+            Some(deadline) if !shard.has_connections() || Instant::now() >= deadline => {
+                tracing::info!(shard = id, left = shard.has_connections(), "drained");
+                // Let the links flush the last SESSION_CLOSED notices.
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Accepts connections, refusing what the guard refuses and shaping the rate.
+async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
+    loop {
+        if let Some(wait) = shard.accept_delay() {
+            glommio::timer::sleep(wait).await;
+        }
+        let stream = match listener.accept().await {
+            Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning on a
                 // listener whose backlog we cannot drain right now.
-                metrics::link_event("accept_error");
-                tracing::warn!(shard = id, "accept: {e}");
+                metrics::rejected("accept_error");
+                tracing::warn!(shard = shard.id, "accept: {e}");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let peer = stream.peer_addr().ok();
+        if let Some(ip) = peer.map(|p| p.ip()) {
+            if let Err(reject) = shard.guard.admit(ip) {
+                metrics::rejected(reject.label());
+                glommio::spawn_local(refuse(stream, reject.label())).detach();
+                continue;
             }
         }
+        glommio::spawn_local(conn::serve(shard.clone(), stream, peer)).detach();
     }
+}
+
+/// Tells a refused client why (ERROR banned) and closes, without reading.
+async fn refuse(mut stream: glommio::net::TcpStream, why: &str) {
+    use futures_lite::AsyncWriteExt;
+    let header = Header::new(Cmd::Error, AppCode(0), 0);
+    let frame = session::error_frame(
+        &header,
+        ErrorCode::Banned,
+        &format!("connection refused: {why}"),
+    );
+    let _ = stream.write_all(&frame).await;
 }

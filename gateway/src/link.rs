@@ -37,6 +37,8 @@ pub struct Link {
     dead: Cell<bool>,
     ping_sent: Cell<Option<Instant>>,
     last_rx: Cell<Instant>,
+    /// Requests sent on this link still awaiting logic's reply.
+    pub inflight: Cell<u32>,
 }
 
 impl Link {
@@ -50,6 +52,7 @@ impl Link {
             dead: Cell::new(false),
             ping_sent: Cell::new(None),
             last_rx: Cell::new(Instant::now()),
+            inflight: Cell::new(0),
         }
     }
 
@@ -109,6 +112,8 @@ pub async fn run(shard: Rc<Shard>, idx: usize) {
                 link.dead.set(false);
                 link.ping_sent.set(None);
                 link.out.borrow_mut().clear();
+                // Replies to what was in flight will never come.
+                link.inflight.set(0);
                 metrics::link_event("disconnected");
                 tracing::warn!(shard = shard.id, logic = %link.addr, "logic link down: {why}");
                 shard.on_link_down();

@@ -2,9 +2,11 @@
 //!
 //! Labels are a small fixed set (shard, cmd, reason), never a uid.
 
+use crate::guard::Guard;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tidegate_proto::Cmd;
 
 /// Handles a shard touches on every connection or frame, resolved once so
@@ -65,15 +67,40 @@ pub fn error_sent(code: &'static str) {
     counter!("tidegate_gateway_errors_sent_total", "code" => code).increment(1);
 }
 
+/// Counts a refused connection or login, by reason.
+pub fn rejected(reason: &'static str) {
+    counter!("tidegate_gateway_rejected_total", "reason" => reason).increment(1);
+}
+
+/// Counts a frame over its connection's rate limit, by action taken.
+pub fn throttled(action: &'static str) {
+    counter!("tidegate_gateway_throttled_total", "action" => action).increment(1);
+}
+
+/// Counts a full outbound queue, by policy applied.
+pub fn queue_drop(policy: &'static str) {
+    counter!("tidegate_gateway_queue_full_total", "policy" => policy).increment(1);
+}
+
 /// Counts a link state change.
 pub fn link_event(event: &'static str) {
     counter!("tidegate_gateway_link_events_total", "event" => event).increment(1);
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` from a thread of its own (off
-/// the shards: scrapes never stall a shard). Returns the bound address.
-pub fn serve_admin(addr: SocketAddr, prom: PrometheusHandle) -> std::io::Result<SocketAddr> {
-    use axum::{routing::get, Router};
+/// What the admin endpoint serves.
+pub struct Admin {
+    /// Metrics.
+    pub prom: PrometheusHandle,
+    /// Lists and bans.
+    pub guard: Arc<Guard>,
+    /// Bearer key for `/admin/*`, if configured.
+    pub admin_key: Option<String>,
+}
+
+/// Serves `/metrics`, `/healthz` and the `/admin` API on `addr` from a
+/// thread of its own (off the shards: scrapes never stall a shard). Returns
+/// the bound address.
+pub fn serve_admin(addr: SocketAddr, admin: Admin) -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
@@ -91,9 +118,7 @@ pub fn serve_admin(addr: SocketAddr, prom: PrometheusHandle) -> std::io::Result<
                 }
             };
             rt.block_on(async move {
-                let app = Router::new()
-                    .route("/metrics", get(move || async move { prom.render() }))
-                    .route("/healthz", get(|| async { "ok\n" }));
+                let app = crate::admin::router(admin);
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {
                         if let Err(e) = axum::serve(l, app).await {

@@ -54,6 +54,10 @@ pub enum CloseReason {
     Kicked,
     /// The client did not read its queued frames fast enough.
     SlowConsumer,
+    /// The client kept exceeding its rate limits.
+    Throttled,
+    /// The gateway is draining.
+    Draining,
     /// A socket error.
     Io,
 }
@@ -69,6 +73,8 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::Kicked => "kicked",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Throttled => "throttled",
+            CloseReason::Draining => "draining",
             CloseReason::Io => "io_error",
         }
     }

@@ -3,7 +3,9 @@
 //! shard, so nothing needs a lock (STYLE §2). Connection tasks and link tasks
 //! call into the shard; no `RefCell` borrow is held across an `.await`.
 
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, SlowConsumer};
+use crate::flow::{Bucket, Flow, Verdict};
+use crate::guard::Guard;
 use crate::link::Link;
 use crate::metrics::{self, ShardMetrics};
 use crate::session::{error_frame, CloseReason, Ctx, Effects, Phase};
@@ -12,7 +14,8 @@ use crate::wheel::{Tick, Wheel};
 use bytes::Bytes;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tidegate_proto::{pb, AppCode, Cmd, ConnId, DecodeError, ErrorCode, Flags, Frame, Header};
 
 /// Size of the shard's shared read buffer: every connection reads into it
@@ -38,11 +41,16 @@ pub struct Shard {
     pub metrics: ShardMetrics,
     /// Shared read buffer (see [`READ_BUF`]).
     pub read_buf: RefCell<Vec<u8>>,
+    /// Lists, bans and per-IP caps of this gate process.
+    pub guard: Arc<Guard>,
+    /// The guard's list version this shard last checked sessions against.
+    lists_version: Cell<u64>,
+    accept_bucket: Cell<Bucket>,
 }
 
 impl Shard {
     /// A shard with no connections yet.
-    pub fn new(id: u32, gate_id: Rc<str>, cfg: GatewayConfig) -> Shard {
+    pub fn new(id: u32, gate_id: Rc<str>, cfg: GatewayConfig, guard: Arc<Guard>) -> Shard {
         let links = cfg.logic.iter().map(|a| Rc::new(Link::new(*a))).collect();
         let horizon = cfg.idle_timeout_s.max(cfg.auth_timeout_s) + 2;
         Shard {
@@ -55,8 +63,27 @@ impl Shard {
             started: Instant::now(),
             metrics: ShardMetrics::new(id),
             read_buf: RefCell::new(vec![0; READ_BUF]),
+            lists_version: Cell::new(guard.version()),
+            guard,
+            accept_bucket: Cell::new(Bucket::full(cfg.flow.accept_burst, 0)),
             cfg,
         }
+    }
+
+    /// The shard's clock in milliseconds (wraps after 49 days; users of it
+    /// subtract with wrapping arithmetic).
+    pub fn now_ms(&self) -> u32 {
+        self.started.elapsed().as_millis() as u32
+    }
+
+    /// How long to wait before accepting the next connection (accept-rate
+    /// shaping: the rest wait in the kernel's backlog).
+    pub fn accept_delay(&self) -> Option<Duration> {
+        let f = &self.cfg.flow;
+        let mut b = self.accept_bucket.get();
+        let r = b.take(self.now_ms(), f.accept_per_s, f.accept_burst, 1);
+        self.accept_bucket.set(b);
+        r.err()
     }
 
     /// The shard's clock in whole seconds.
@@ -77,10 +104,11 @@ impl Shard {
     /// Registers a new connection, armed with the auth deadline.
     pub fn open(&self) -> (ConnId, Rc<Conn>) {
         let deadline = self.now() + self.cfg.auth_timeout_s;
+        let flow = Flow::new(&self.cfg.flow, self.now_ms());
         let (id, conn) = self
             .table
             .borrow_mut()
-            .insert(|id| crate::session::Session::new(id, deadline));
+            .insert(|id| crate::session::Session::new(id, deadline), flow);
         self.wheel.borrow_mut().insert(id, deadline);
         self.metrics.accepted.increment(1);
         self.metrics.connections.increment(1.0);
@@ -104,9 +132,51 @@ impl Shard {
         }
     }
 
+    /// Charges a frame of `len` bytes to the connection's rate limits.
+    pub fn admit_frame(&self, conn: &Conn, len: usize) -> Verdict {
+        let mut flow = conn.flow.get();
+        let verdict = flow.admit(&self.cfg.flow, self.now_ms(), len);
+        conn.flow.set(flow);
+        if verdict != Verdict::Pass {
+            metrics::throttled(match verdict {
+                Verdict::Delay(_) => "delay",
+                Verdict::Drop => "drop",
+                Verdict::Error => "error",
+                _ => "close",
+            });
+        }
+        verdict
+    }
+
+    /// Answers a throttled frame with ERROR(throttled), closing if `close`.
+    pub fn throttle(&self, conn: &Conn, request: &Header, close: bool) {
+        metrics::error_sent(ErrorCode::Throttled.name());
+        self.enqueue(
+            conn,
+            error_frame(
+                request,
+                ErrorCode::Throttled,
+                "rate limit exceeded; slow down",
+            ),
+        );
+        if close {
+            conn.close(CloseReason::Throttled);
+        }
+    }
+
     /// Handles one frame from a client.
     pub fn handle_frame(&self, conn: &Conn, frame: &Frame, peer: &str) {
         metrics::frame_in(frame.header.cmd);
+        let h = &frame.header;
+        if h.cmd == Cmd::Login && self.guard.app_denied(h.appcode.0) {
+            metrics::rejected("app_denied");
+            metrics::error_sent(ErrorCode::Banned.name());
+            self.enqueue(
+                conn,
+                error_frame(h, ErrorCode::Banned, "this app is not accepting logins"),
+            );
+            return;
+        }
         let was_active = conn.session.borrow().is_active();
         let fx = conn.session.borrow_mut().handle_in(frame, self.ctx(peer));
         if was_active && fx.close == Some(CloseReason::Logout) {
@@ -133,17 +203,23 @@ impl Shard {
     /// caused them, if any, for answering failures to reach logic.
     fn apply(&self, conn: &Conn, fx: Effects, request: Option<&Header>) {
         if let Some(frame) = fx.to_logic {
-            if !self.send_to_logic(frame) {
-                if let Some(h) = request {
-                    let lost = conn.session.borrow_mut().on_login_lost();
-                    if lost.reply.is_none() {
-                        self.enqueue(
-                            conn,
-                            error_frame(h, ErrorCode::Unavailable, "logic unreachable; retry"),
-                        );
-                    }
-                    self.apply(conn, lost, None);
-                }
+            let sent = if expects_reply(&frame) {
+                self.send_request(frame)
+            } else if self.send_to_logic(frame) {
+                Ok(())
+            } else {
+                Err(ErrorCode::Unavailable)
+            };
+            if let (Err(code), Some(h)) = (sent, request) {
+                // A LOGIN that never reached logic goes back to awaiting;
+                // the client gets one ERROR, ours.
+                let _ = conn.session.borrow_mut().on_login_lost();
+                let message = match code {
+                    ErrorCode::Busy => "gateway busy; retry with backoff",
+                    _ => "logic unreachable; retry",
+                };
+                metrics::error_sent(code.name());
+                self.enqueue(conn, error_frame(h, code, message));
             }
         }
         if let Some(reply) = fx.reply {
@@ -154,13 +230,22 @@ impl Shard {
         }
     }
 
-    /// Queues a frame for a client, closing it if it has fallen too far behind.
+    /// Queues a frame for a client; a full queue applies the slow-consumer policy.
     pub fn enqueue(&self, conn: &Conn, frame: Bytes) {
         let mut out = conn.out.borrow_mut();
         if out.len() >= self.cfg.max_outbound_frames {
-            drop(out);
-            conn.close(CloseReason::SlowConsumer);
-            return;
+            match self.cfg.flow.slow_consumer {
+                SlowConsumer::DropOldest => {
+                    metrics::queue_drop("drop_oldest");
+                    out.pop_front();
+                }
+                SlowConsumer::Disconnect => {
+                    metrics::queue_drop("disconnect");
+                    drop(out);
+                    conn.close(CloseReason::SlowConsumer);
+                    return;
+                }
+            }
         }
         out.push_back(frame);
         drop(out);
@@ -175,22 +260,42 @@ impl Shard {
     /// Sends a frame over the next up link (round robin: logic is
     /// stateless, any instance serves any request). False if none is up.
     pub fn send_to_logic(&self, frame: Bytes) -> bool {
+        self.pick_link(frame).is_some()
+    }
+
+    fn pick_link(&self, frame: Bytes) -> Option<&Link> {
         let n = self.links.len();
         let start = self.next_link.get();
         for i in 0..n {
             let link = &self.links[(start + i) % n];
             if link.is_up() && link.send(frame.clone()) {
                 self.next_link.set((start + i + 1) % n);
-                return true;
+                return Some(link);
             }
         }
-        false
+        None
+    }
+
+    /// Sends a request logic will answer, unless too many already wait:
+    /// then the client gets BUSY (load shedding) instead of an unbounded queue.
+    fn send_request(&self, frame: Bytes) -> Result<(), ErrorCode> {
+        let inflight: u32 = self.links.iter().map(|l| l.inflight.get()).sum();
+        if inflight >= self.cfg.flow.max_inflight_logic {
+            metrics::rejected("busy");
+            return Err(ErrorCode::Busy);
+        }
+        let link = self.pick_link(frame).ok_or(ErrorCode::Unavailable)?;
+        link.inflight.set(link.inflight.get() + 1);
+        Ok(())
     }
 
     /// Handles a frame that logic sent over `link`.
     pub fn on_link_frame(&self, link: &Link, frame: Frame) -> Result<(), DecodeError> {
         let h = frame.header;
         let response = h.flags.contains(Flags::RESPONSE);
+        if response && matches!(h.cmd, Cmd::LinkLogin | Cmd::LinkC2s) {
+            link.inflight.set(link.inflight.get().saturating_sub(1));
+        }
         match (h.cmd, response) {
             (Cmd::LinkLogin, true) => self.on_login_reply(h.appcode, frame.decode_body()?),
             (Cmd::LinkC2s, true) => self.on_c2s_reply(&h, frame.decode_body()?),
@@ -221,7 +326,17 @@ impl Shard {
         Ok(())
     }
 
-    fn on_login_reply(&self, appcode: AppCode, reply: pb::LinkLoginReply) {
+    fn on_login_reply(&self, appcode: AppCode, mut reply: pb::LinkLoginReply) {
+        if let Some(pb::link_login_reply::Result::Accepted(ok)) = &reply.result {
+            if self.guard.uid_denied(appcode.0, &ok.uid) {
+                metrics::rejected("uid_denied");
+                self.undo_login(appcode, reply.conn, ok.uid.clone(), ok.epoch);
+                reply.result = Some(pb::link_login_reply::Result::Rejected(pb::Error {
+                    code: ErrorCode::Banned.code(),
+                    message: "this user is banned".into(),
+                }));
+            }
+        }
         let id = ConnId::from_u64(reply.conn);
         let conn = self.table.borrow().get(id).cloned();
         match conn {
@@ -239,14 +354,72 @@ impl Shard {
                 // The client left while logic was logging it in: undo the
                 // presence logic just wrote (ARCHITECTURE §5, case 2).
                 if let Some(pb::link_login_reply::Result::Accepted(ok)) = reply.result {
-                    let notice = pb::LinkSessionClosed {
-                        conn: reply.conn,
-                        uid: ok.uid,
-                        epoch: ok.epoch,
-                    };
-                    let header = Header::new(Cmd::LinkSessionClosed, appcode, 0);
-                    self.send_to_logic(Frame::encode_msg_to_bytes(header, &notice));
+                    self.undo_login(appcode, reply.conn, ok.uid, ok.epoch);
                 }
+            }
+        }
+    }
+
+    /// Tells logic to remove a session it recorded but the gate will not keep.
+    fn undo_login(&self, appcode: AppCode, conn: u64, uid: String, epoch: u64) {
+        let notice = pb::LinkSessionClosed { conn, uid, epoch };
+        let header = Header::new(Cmd::LinkSessionClosed, appcode, 0);
+        self.send_to_logic(Frame::encode_msg_to_bytes(header, &notice));
+    }
+
+    /// Sends KICKOUT(`reason`) to a connection and closes it.
+    fn kick(&self, conn: &Conn, reason: pb::KickoutReason, message: &str, close: CloseReason) {
+        let body = pb::Kickout {
+            reason: reason as i32,
+            message: message.into(),
+        };
+        let h = Header::new(Cmd::Kickout, AppCode(0), 0);
+        self.enqueue(conn, Frame::encode_msg_to_bytes(h, &body));
+        conn.close(close);
+    }
+
+    /// Kicks every connection with KICKOUT(draining) so clients reconnect
+    /// elsewhere; returns how many were open.
+    pub fn kick_all_draining(&self) -> usize {
+        let conns: Vec<Rc<Conn>> = self.table.borrow().iter().cloned().collect();
+        for conn in &conns {
+            self.kick(
+                conn,
+                pb::KickoutReason::Draining,
+                "gateway draining; reconnect",
+                CloseReason::Draining,
+            );
+        }
+        conns.len()
+    }
+
+    /// Whether any connection is still open.
+    pub fn has_connections(&self) -> bool {
+        self.table.borrow().iter().next().is_some()
+    }
+
+    /// After the lists changed, kicks sessions whose app or uid is now denied.
+    fn recheck_lists(&self) {
+        let version = self.guard.version();
+        if version == self.lists_version.replace(version) {
+            return;
+        }
+        let conns: Vec<Rc<Conn>> = self.table.borrow().iter().cloned().collect();
+        for conn in conns {
+            let denied = match conn.session.borrow().phase() {
+                Phase::Active(a) => {
+                    self.guard.app_denied(a.appcode.0) || self.guard.uid_denied(a.appcode.0, &a.uid)
+                }
+                _ => false,
+            };
+            if denied {
+                metrics::rejected("banned_live");
+                self.kick(
+                    &conn,
+                    pb::KickoutReason::Banned,
+                    "banned",
+                    CloseReason::Kicked,
+                );
             }
         }
     }
@@ -315,8 +488,10 @@ impl Shard {
         }
     }
 
-    /// Expires sessions whose auth or idle deadline has passed.
+    /// Expires sessions whose auth or idle deadline has passed, and applies
+    /// list changes to live sessions.
     pub fn tick(&self) {
+        self.recheck_lists();
         let now = self.now();
         let mut due = Vec::new();
         self.wheel.borrow_mut().advance(now, &mut due);
@@ -331,13 +506,12 @@ impl Shard {
             if deadline > now {
                 self.wheel.borrow_mut().insert(id, deadline);
             } else if active {
-                let kick = pb::Kickout {
-                    reason: pb::KickoutReason::IdleTimeout as i32,
-                    message: "no frame within the idle timeout".into(),
-                };
-                let h = Header::new(Cmd::Kickout, AppCode(0), 0);
-                self.enqueue(&conn, Frame::encode_msg_to_bytes(h, &kick));
-                conn.close(CloseReason::IdleTimeout);
+                self.kick(
+                    &conn,
+                    pb::KickoutReason::IdleTimeout,
+                    "no frame within the idle timeout",
+                    CloseReason::IdleTimeout,
+                );
             } else {
                 let h = Header::new(Cmd::Login, AppCode(0), 0);
                 self.enqueue(
@@ -353,4 +527,10 @@ impl Shard {
             }
         }
     }
+}
+
+/// Whether a link frame is a request logic answers (and so counts in flight).
+fn expects_reply(frame: &Bytes) -> bool {
+    let cmd = frame.get(4..6).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    cmd == Some(Cmd::LinkLogin.code()) || cmd == Some(Cmd::LinkC2s.code())
 }

@@ -5,6 +5,7 @@
 //! Hand-written rather than the `slab` crate because the generation check is
 //! the point, and each slot costs 16 bytes: a generation and one `Rc`.
 
+use crate::flow::Flow;
 use crate::session::{CloseReason, Session};
 use crate::signal::Signal;
 use bytes::Bytes;
@@ -26,15 +27,18 @@ pub struct Conn {
     pub wake: Signal,
     /// Set when the connection must close once `out` is flushed.
     pub closing: Cell<Option<CloseReason>>,
+    /// Inbound rate limits.
+    pub flow: Cell<Flow>,
 }
 
 impl Conn {
-    fn new(session: Session) -> Conn {
+    fn new(session: Session, flow: Flow) -> Conn {
         Conn {
             session: RefCell::new(session),
             out: RefCell::new(VecDeque::new()),
             wake: Signal::default(),
             closing: Cell::new(None),
+            flow: Cell::new(flow),
         }
     }
 
@@ -61,7 +65,11 @@ pub struct SessionTable {
 
 impl SessionTable {
     /// Adds a connection; `session` receives its new id.
-    pub fn insert(&mut self, session: impl FnOnce(ConnId) -> Session) -> (ConnId, Rc<Conn>) {
+    pub fn insert(
+        &mut self,
+        session: impl FnOnce(ConnId) -> Session,
+        flow: Flow,
+    ) -> (ConnId, Rc<Conn>) {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -77,7 +85,7 @@ impl SessionTable {
             slot,
             generation: entry.generation,
         };
-        let conn = Rc::new(Conn::new(session(id)));
+        let conn = Rc::new(Conn::new(session(id), flow));
         entry.conn = Some(conn.clone());
         (id, conn)
     }
@@ -113,12 +121,16 @@ impl SessionTable {
 mod tests {
     use super::*;
 
+    fn flow() -> Flow {
+        Flow::new(&crate::config::FlowConfig::default(), 0)
+    }
+
     #[test]
     fn stale_ids_never_reach_a_reused_slot() {
         let mut t = SessionTable::default();
-        let (a, _) = t.insert(|id| Session::new(id, 0));
+        let (a, _) = t.insert(|id| Session::new(id, 0), flow());
         assert!(t.remove(a).is_some());
-        let (b, _) = t.insert(|id| Session::new(id, 0));
+        let (b, _) = t.insert(|id| Session::new(id, 0), flow());
         assert_eq!(a.slot, b.slot, "slot reused");
         assert!(t.get(a).is_none(), "old generation is stale");
         assert!(t.get(b).is_some());
