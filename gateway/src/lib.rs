@@ -111,7 +111,12 @@ async fn run_shard(
         }
     };
     let bound = listener.local_addr().map_err(|e| e.to_string());
-    let _ = ready.send(bound);
+    let _ = ready.send(bound.clone());
+    // Heartbeats advertise the port actually bound (config may say port 0).
+    let mut cfg = cfg;
+    if let Ok(addr) = bound {
+        cfg.client_addr = addr;
+    }
     let shard = Rc::new(Shard::new(id, Rc::from(gate_id), cfg));
 
     for idx in 0..shard.links.len() {
@@ -125,6 +130,7 @@ async fn run_shard(
             for link in &ticker.links {
                 link.check_liveness();
             }
+            ticker.heartbeat_if_due();
         }
     })
     .detach();

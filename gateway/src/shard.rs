@@ -15,6 +15,8 @@ use std::rc::Rc;
 use std::time::Instant;
 use tidegate_proto::{pb, AppCode, Cmd, ConnId, DecodeError, ErrorCode, Flags, Frame, Header};
 
+mod fanout;
+
 /// Size of the shard's shared read buffer: every connection reads into it
 /// and keeps only the bytes of an incomplete frame, so idle connections hold
 /// no read buffer (STYLE §6).
@@ -38,6 +40,8 @@ pub struct Shard {
     pub metrics: ShardMetrics,
     /// Shared read buffer (see [`READ_BUF`]).
     pub read_buf: RefCell<Vec<u8>>,
+    /// Gate lease heartbeats (see `shard/fanout.rs`).
+    heartbeat: fanout::HeartbeatClock,
 }
 
 impl Shard {
@@ -55,6 +59,7 @@ impl Shard {
             started: Instant::now(),
             metrics: ShardMetrics::new(id),
             read_buf: RefCell::new(vec![0; READ_BUF]),
+            heartbeat: Default::default(),
             cfg,
         }
     }
@@ -194,7 +199,11 @@ impl Shard {
         match (h.cmd, response) {
             (Cmd::LinkLogin, true) => self.on_login_reply(h.appcode, frame.decode_body()?),
             (Cmd::LinkC2s, true) => self.on_c2s_reply(&h, frame.decode_body()?),
-            (Cmd::LinkDeliver, false) => self.on_deliver(frame.decode_body()?),
+            (Cmd::LinkDeliver, false) => {
+                let (delivered, stale) = self.on_deliver(frame.decode_body()?);
+                self.confirm_deliver(link, &h, delivered, stale);
+            }
+            (Cmd::LinkBroadcast, false) => self.on_broadcast(link, &h, frame.decode_body()?),
             (Cmd::LinkKick, false) => self.on_kick(h.appcode, frame.decode_body()?),
             (Cmd::LinkPing, false) => {
                 link.send(Frame::empty(h.reply()).to_bytes());
@@ -207,6 +216,7 @@ impl Shard {
             (Cmd::LinkHello, true) => {
                 let w: pb::LinkWelcome = frame.decode_body()?;
                 tracing::debug!(shard = self.id, logic = %w.logic_id, "link welcomed");
+                self.on_welcome(link, &w);
             }
             (cmd, _) => {
                 tracing::warn!(
@@ -275,17 +285,24 @@ impl Shard {
         }
     }
 
-    fn on_deliver(&self, deliver: pb::LinkDeliver) {
+    /// Queues the frame to each listed live session; returns (delivered, stale).
+    fn on_deliver(&self, deliver: pb::LinkDeliver) -> (u64, u64) {
         let table = self.table.borrow();
+        let (mut delivered, mut stale) = (0, 0);
         for raw in deliver.conns {
             match table.get(ConnId::from_u64(raw)) {
                 Some(conn) if conn.session.borrow().is_active() => {
                     self.metrics.delivered.increment(1);
                     self.enqueue(conn, deliver.frame.clone());
+                    delivered += 1;
                 }
-                _ => self.metrics.stale_deliveries.increment(1),
+                _ => {
+                    self.metrics.stale_deliveries.increment(1);
+                    stale += 1;
+                }
             }
         }
+        (delivered, stale)
     }
 
     fn on_kick(&self, appcode: AppCode, kick: pb::LinkKick) {
