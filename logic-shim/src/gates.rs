@@ -89,8 +89,11 @@ impl Gates {
         addr: &ShardAddr,
         make: impl FnOnce(u32) -> Bytes,
     ) -> Option<(u32, oneshot::Receiver<Frame>)> {
-        // Seq 0 is what unsolicited frames carry; skip it.
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed).max(1);
+        // Seq 0 is what unsolicited frames carry; skip it when wrapping.
+        let mut seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        if seq == 0 {
+            seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        }
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
