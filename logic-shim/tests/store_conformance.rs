@@ -15,7 +15,7 @@ use tidegate_logic::store::{
     C2sEntry, DevicePolicy, GateShardStatus, LoginOutcome, NewSession, SessionKey, SessionRecord,
     Store, StoreError, StreamId,
 };
-use tidegate_logic::testkit::{free_port, RedisServer};
+use tidegate_logic::testkit::{free_port, RedisCluster, RedisServer};
 use tidegate_proto::{AppCode, MsgType};
 use tokio::time::timeout;
 
@@ -57,12 +57,10 @@ async fn redis_fixture() -> Fixture {
     }
 }
 
-/// Instantiates every shared case for one backend.
-macro_rules! conformance {
-    ($backend:ident, $fixture:expr) => {
-        mod $backend {
-            use super::*;
-            conformance!(@cases $fixture;
+/// Calls `$m!(<args> case, case, …)` with every shared case.
+macro_rules! every_case {
+    ($m:ident, $($args:tt)*) => {
+        $m!($($args)*;
                 ping_answers,
                 epochs_increase,
                 concurrent_logins_get_distinct_epochs,
@@ -82,7 +80,16 @@ macro_rules! conformance {
                 concurrent_single_device_logins_leave_exactly_one,
                 sessions_many_matches_sessions,
                 live_gates_sum_shards_and_drop_expired_ones,
-            );
+        );
+    };
+}
+
+/// Instantiates every shared case for one backend.
+macro_rules! conformance {
+    ($backend:ident, $fixture:expr) => {
+        mod $backend {
+            use super::*;
+            every_case!(conformance, @cases $fixture);
         }
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {
@@ -102,6 +109,33 @@ macro_rules! conformance {
 
 conformance!(embedded, embedded_fixture());
 conformance!(redis, redis_fixture().await);
+/// A cluster takes seconds to form, so the cluster run shares one across
+/// the cases, run one after another with every node flushed (and the test
+/// gates re-leased) before each: no case sees another's state.
+macro_rules! cluster_cases {
+    (; $($case:ident),* $(,)?) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn cluster_runs_every_case() {
+            let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+                .await
+                .expect("cluster start");
+            let store: Arc<dyn Store> = Arc::new(
+                RedisStore::connect(&cluster.url())
+                    .await
+                    .expect("connect cluster"),
+            );
+            $(
+                cluster.flush();
+                lease_test_gates(&*store).await;
+                timeout(Duration::from_secs(60), $case(store.clone()))
+                    .await
+                    .expect(concat!(stringify!($case), " finished in time"));
+            )*
+        }
+    };
+}
+
+every_case!(cluster_cases,);
 
 /// Gates the cases put sessions on; presence only counts sessions on gates
 /// with a lease, so every fixture leases these for the whole case.
