@@ -261,6 +261,15 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         cfg.gateway.logic = vec![logic.link_addr];
         let drain = cfg.gateway.drain_timeout_s;
         let gw = Gateway::start(cfg.gateway.clone(), prom)?;
+        // "ready" means ready to log clients in: every shard linked to logic.
+        let linked = async {
+            while logic.logic.linked_shards(&gw.gate_id) < gw.shards {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), linked)
+            .await
+            .context("gateway shards did not link to logic within 10 s")?;
         print_banner(&gw, &logic, &store_desc, dev);
         wait_for_shutdown().await?;
         drain_gateway(gw, drain).await;

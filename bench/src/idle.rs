@@ -97,6 +97,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleReport> {
             secrets: vec![args.secret.clone()],
             api_key: String::new(),
             c2s_max_len: None,
+            device_policy: Default::default(),
         }],
         0,
     ));

@@ -161,8 +161,13 @@ async fn run_shard(
         }
     };
     let bound = listener.local_addr().map_err(|e| e.to_string());
-    let _ = ready.send(bound);
+    let _ = ready.send(bound.clone());
     let drain_timeout = Duration::from_secs(u64::from(cfg.drain_timeout_s));
+    // Heartbeats advertise the port actually bound (config may say port 0).
+    let mut cfg = cfg;
+    if let Ok(addr) = bound {
+        cfg.client_addr = addr;
+    }
     let shard = Rc::new(Shard::new(id, Rc::from(gate_id), cfg, guard));
 
     for idx in 0..shard.links.len() {
@@ -177,6 +182,7 @@ async fn run_shard(
         for link in &shard.links {
             link.check_liveness();
         }
+        shard.heartbeat_if_due();
         match drain_deadline {
             None if draining.load(Ordering::Acquire) => {
                 // Dropping the accept task closes this shard's listener; the

@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidegate_proto::{pb, AppCode, Cmd, ConnId, DecodeError, ErrorCode, Flags, Frame, Header};
 
+mod fanout;
+
 /// Size of the shard's shared read buffer: every connection reads into it
 /// and keeps only the bytes of an incomplete frame, so idle connections hold
 /// no read buffer (STYLE §6).
@@ -46,6 +48,8 @@ pub struct Shard {
     /// The guard's list version this shard last checked sessions against.
     lists_version: Cell<u64>,
     accept_bucket: Cell<Bucket>,
+    /// Gate lease heartbeats (see `shard/fanout.rs`).
+    heartbeat: fanout::HeartbeatClock,
 }
 
 impl Shard {
@@ -66,6 +70,7 @@ impl Shard {
             lists_version: Cell::new(guard.version()),
             guard,
             accept_bucket: Cell::new(Bucket::full(cfg.flow.accept_burst, 0)),
+            heartbeat: Default::default(),
             cfg,
         }
     }
@@ -299,7 +304,11 @@ impl Shard {
         match (h.cmd, response) {
             (Cmd::LinkLogin, true) => self.on_login_reply(h.appcode, frame.decode_body()?),
             (Cmd::LinkC2s, true) => self.on_c2s_reply(&h, frame.decode_body()?),
-            (Cmd::LinkDeliver, false) => self.on_deliver(frame.decode_body()?),
+            (Cmd::LinkDeliver, false) => {
+                let (delivered, stale) = self.on_deliver(frame.decode_body()?);
+                self.confirm_deliver(link, &h, delivered, stale);
+            }
+            (Cmd::LinkBroadcast, false) => self.on_broadcast(link, &h, frame.decode_body()?),
             (Cmd::LinkKick, false) => self.on_kick(h.appcode, frame.decode_body()?),
             (Cmd::LinkPing, false) => {
                 link.send(Frame::empty(h.reply()).to_bytes());
@@ -312,6 +321,7 @@ impl Shard {
             (Cmd::LinkHello, true) => {
                 let w: pb::LinkWelcome = frame.decode_body()?;
                 tracing::debug!(shard = self.id, logic = %w.logic_id, "link welcomed");
+                self.on_welcome(link, &w);
             }
             (cmd, _) => {
                 tracing::warn!(
@@ -448,17 +458,24 @@ impl Shard {
         }
     }
 
-    fn on_deliver(&self, deliver: pb::LinkDeliver) {
+    /// Queues the frame to each listed live session; returns (delivered, stale).
+    fn on_deliver(&self, deliver: pb::LinkDeliver) -> (u64, u64) {
         let table = self.table.borrow();
+        let (mut delivered, mut stale) = (0, 0);
         for raw in deliver.conns {
             match table.get(ConnId::from_u64(raw)) {
                 Some(conn) if conn.session.borrow().is_active() => {
                     self.metrics.delivered.increment(1);
                     self.enqueue(conn, deliver.frame.clone());
+                    delivered += 1;
                 }
-                _ => self.metrics.stale_deliveries.increment(1),
+                _ => {
+                    self.metrics.stale_deliveries.increment(1);
+                    stale += 1;
+                }
             }
         }
+        (delivered, stale)
     }
 
     fn on_kick(&self, appcode: AppCode, kick: pb::LinkKick) {

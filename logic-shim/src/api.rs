@@ -1,8 +1,11 @@
 //! The app-server HTTP API (ARCHITECTURE §4a): push, presence, c2s stream
-//! reads, metrics and health. Every error is a 4xx/5xx with a JSON body
-//! `{"code": "...", "message": "..."}`, counted by code.
+//! reads, gate directory, reach statistics, admin, metrics and health.
+//! Every error is a 4xx/5xx with a JSON body `{"code": "...", "message":
+//! "..."}`, counted by code.
 
-use crate::push::{self, Push};
+mod directory;
+mod push;
+
 use crate::store::{c2s_stream_key, StoreError, StreamId};
 use crate::Logic;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -12,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 use std::sync::Arc;
 use tidegate_proto::{AppCode, MsgType};
@@ -26,7 +29,10 @@ const MAX_STREAM_READ: usize = 1000;
 pub fn router(logic: Arc<Logic>) -> Router {
     let limit = logic.cfg.max_http_body;
     Router::new()
-        .route("/v1/push", post(push_handler))
+        .route("/v1/push", post(push::push_handler))
+        .route("/v1/gate", get(directory::gate_handler))
+        .route("/v1/stats/reach", get(directory::reach_handler))
+        .route("/v1/admin/gates", get(directory::admin_gates_handler))
         .route("/v1/presence", get(presence_handler))
         .route("/v1/streams/c2s", get(stream_handler))
         .route(
@@ -119,19 +125,56 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
     }
 }
 
-/// Checks the bearer key belongs to `app`. A key never reaches another app.
-fn authorize(logic: &Logic, headers: &HeaderMap, app: AppCode) -> Result<(), ApiError> {
-    let key = headers
+/// The bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "send Authorization: Bearer <app API key>",
-            )
-        })?;
+}
+
+/// Checks the bearer key is the admin key (`logic.admin_key`).
+fn authorize_admin(logic: &Logic, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(admin) = logic.cfg.admin_key.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "the admin API is off; set logic.admin_key to enable it",
+        ));
+    };
+    match bearer(headers) {
+        // Length first, then bytes: no early exit on the first differing byte.
+        Some(k)
+            if k.len() == admin.len()
+                && k.bytes()
+                    .zip(admin.bytes())
+                    .fold(0, |d, (a, b)| d | (a ^ b))
+                    == 0 =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this is not the admin key",
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <admin key>",
+        )),
+    }
+}
+
+/// Checks the bearer key belongs to `app`. A key never reaches another app.
+fn authorize(logic: &Logic, headers: &HeaderMap, app: AppCode) -> Result<(), ApiError> {
+    let key = bearer(headers).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <app API key>",
+        )
+    })?;
     match logic.auth.app_for_api_key(key) {
         Some(a) if a == app => Ok(()),
         Some(_) => Err(ApiError::new(
@@ -145,95 +188,6 @@ fn authorize(logic: &Logic, headers: &HeaderMap, app: AppCode) -> Result<(), Api
             "unknown API key",
         )),
     }
-}
-
-/// Push targets: one uid, or a list.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Targets {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PushRequest {
-    app: u16,
-    #[serde(default)]
-    msgtype: u16,
-    to: Targets,
-    #[serde(default = "default_content_type")]
-    content_type: String,
-    content: Option<String>,
-    content_b64: Option<String>,
-    #[serde(default)]
-    store_if_offline: bool,
-    #[serde(default)]
-    ttl_s: u64,
-    #[serde(default)]
-    ack: bool,
-}
-
-fn default_content_type() -> String {
-    "application/octet-stream".into()
-}
-
-async fn push_handler(
-    State(logic): State<Arc<Logic>>,
-    headers: HeaderMap,
-    ApiJson(req): ApiJson<PushRequest>,
-) -> Result<Json<push::PushOutcome>, ApiError> {
-    let app = AppCode(req.app);
-    authorize(&logic, &headers, app)?;
-    if req.store_if_offline || req.ttl_s != 0 {
-        return Err(ApiError::bad_request(
-            "store_if_offline and ttl_s need offline storage, which this build does not have yet; omit them",
-        ));
-    }
-    let _ = req.ack; // Client acks are always counted (tidegate_logic_reach_acked_total).
-    let to = match req.to {
-        Targets::One(uid) if uid == "all" => {
-            return Err(ApiError::bad_request(
-                "broadcast (\"to\": \"all\") is not available in this build yet",
-            ))
-        }
-        Targets::One(uid) => vec![uid],
-        Targets::Many(uids) => uids,
-    };
-    if to.is_empty() {
-        return Err(ApiError::bad_request("\"to\" names no user"));
-    }
-    if to.len() > logic.cfg.max_push_targets {
-        return Err(ApiError::bad_request(format!(
-            "\"to\" names {} users; the limit is {} per call",
-            to.len(),
-            logic.cfg.max_push_targets
-        )));
-    }
-    if to.iter().any(|u| u.is_empty() || u.len() > 256) {
-        return Err(ApiError::bad_request("every uid must be 1 to 256 bytes"));
-    }
-    let content = match (req.content, req.content_b64) {
-        (Some(text), None) => bytes::Bytes::from(text),
-        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| ApiError::bad_request(format!("content_b64 is not base64: {e}")))?
-            .into(),
-        (None, None) => return Err(ApiError::bad_request("give content (UTF-8) or content_b64")),
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "give content or content_b64, not both",
-            ))
-        }
-    };
-    let push = Push {
-        app,
-        msgtype: MsgType(req.msgtype),
-        to,
-        content_type: req.content_type,
-        content,
-    };
-    Ok(Json(push::push(&logic, push).await?))
 }
 
 #[derive(Serialize)]
@@ -287,9 +241,10 @@ async fn presence_handler(
             "give 1 to {MAX_PRESENCE_UIDS} uid parameters"
         )));
     }
+    let owned: Vec<String> = uids.iter().map(|u| u.to_string()).collect();
+    let all = logic.store.sessions_many(app, &owned).await?;
     let mut out = Vec::with_capacity(uids.len());
-    for uid in uids {
-        let sessions = logic.store.sessions(app, uid).await?;
+    for (uid, sessions) in uids.into_iter().zip(all) {
         out.push(UserPresence {
             uid: uid.to_string(),
             online: !sessions.is_empty(),

@@ -165,6 +165,7 @@ mod tests {
                 ],
                 api_key: "key-one-0123456789".into(),
                 c2s_max_len: None,
+                device_policy: Default::default(),
             },
             AppConfig {
                 code: 2,
@@ -172,6 +173,7 @@ mod tests {
                 secrets: vec!["two-secret-0123456789".into()],
                 api_key: "key-two-0123456789".into(),
                 c2s_max_len: None,
+                device_policy: Default::default(),
             },
         ];
         Auth::new(&apps, 0)

@@ -1,6 +1,7 @@
 //! Logic shim configuration: `[logic]` and the `[[apps]]` tenants. Every
 //! validation error names its key.
 
+use crate::store::DevicePolicy;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -23,6 +24,11 @@ pub struct LogicConfig {
     pub c2s_max_len: u64,
     /// Largest number of targets in one push.
     pub max_push_targets: usize,
+    /// Gate lease length, ms: a gate's sessions read as offline this long
+    /// after its last heartbeat. Gates heartbeat every third of it.
+    pub gate_lease_ms: u64,
+    /// Bearer key of the admin endpoints (`/v1/admin/…`); unset = disabled.
+    pub admin_key: Option<String>,
 }
 
 impl Default for LogicConfig {
@@ -35,6 +41,8 @@ impl Default for LogicConfig {
             jwt_leeway_s: 30,
             c2s_max_len: 100_000,
             max_push_targets: 10_000,
+            gate_lease_ms: 15_000,
+            admin_key: None,
         }
     }
 }
@@ -56,6 +64,10 @@ pub struct AppConfig {
     /// Overrides `logic.c2s_max_len` for this app's streams.
     #[serde(default)]
     pub c2s_max_len: Option<u64>,
+    /// `single`, `per_platform` or `multi` (default): which older sessions
+    /// a new login of the same user kicks.
+    #[serde(default)]
+    pub device_policy: DevicePolicy,
 }
 
 /// A configuration value that cannot work, with its key.
@@ -89,6 +101,21 @@ impl LogicConfig {
         }
         if self.max_push_targets == 0 {
             return Err(err("logic.max_push_targets", "must be at least 1"));
+        }
+        if self.gate_lease_ms < 300 {
+            return Err(err(
+                "logic.gate_lease_ms",
+                format!(
+                    "{} is below the minimum 300 (gates heartbeat every third of it)",
+                    self.gate_lease_ms
+                ),
+            ));
+        }
+        if let Some(k) = self.admin_key.as_ref().filter(|k| k.len() < 16) {
+            return Err(err(
+                "logic.admin_key",
+                format!("{} characters is too short; use at least 16", k.len()),
+            ));
         }
         if apps.is_empty() {
             return Err(err(
@@ -124,6 +151,12 @@ impl LogicConfig {
                 return Err(err(
                     format!("apps[{i}].api_key"),
                     "must be at least 16 characters",
+                ));
+            }
+            if self.admin_key.as_deref() == Some(app.api_key.as_str()) {
+                return Err(err(
+                    format!("apps[{i}].api_key"),
+                    "equals logic.admin_key; the admin key must be its own",
                 ));
             }
             if !keys.insert(app.api_key.as_str()) {

@@ -12,6 +12,7 @@ mod gates;
 mod link;
 mod presence;
 mod push;
+mod reach;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -26,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use store::Store;
-use tidegate_proto::AppCode;
+use tidegate_proto::{AppCode, MsgType};
 
 /// Shared state of one logic instance: configuration, keys, the store
 /// handle and the linked gate shards. Nothing user-related lives here.
@@ -42,19 +43,30 @@ pub struct Logic {
     /// This instance's id.
     pub logic_id: String,
     msg_seq: AtomicU64,
+    reach: reach::Reach,
     prom: PrometheusHandle,
 }
 
 impl Logic {
+    /// How many shards of `gate_id` are linked to this instance.
+    pub fn linked_shards(&self, gate_id: &str) -> usize {
+        self.gates
+            .linked()
+            .iter()
+            .filter(|s| s.gate_id == gate_id)
+            .count()
+    }
+
     /// The app's configuration, if `app` is configured.
     pub fn app(&self, app: AppCode) -> Option<&AppConfig> {
         self.apps.get(&app.0)
     }
 
-    /// A message id unique across logic instances: `<ms>-<instance>-<seq>`.
-    pub fn next_msg_id(&self) -> String {
+    /// A message id unique across logic instances that names its msgtype
+    /// (see `reach::msg_id`).
+    pub fn next_msg_id(&self, msgtype: MsgType) -> String {
         let seq = self.msg_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{}-{seq}", tidegate_proto::now_ms(), self.logic_id)
+        reach::msg_id(tidegate_proto::now_ms(), &self.logic_id, seq, msgtype)
     }
 }
 
@@ -91,6 +103,7 @@ impl LogicServer {
             gates: Gates::default(),
             logic_id: cfg.logic_id(),
             msg_seq: AtomicU64::new(0),
+            reach: Default::default(),
             prom,
             cfg,
         });

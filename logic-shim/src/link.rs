@@ -1,5 +1,6 @@
 //! The link server: gate shards connect here and speak the v1 codec with
-//! link commands (≥ 0x8000).
+//! link commands (≥ 0x8000). Heartbeats renew the gate's lease in the store
+//! (ARCHITECTURE §4 keepalive, §5 case 4).
 //!
 //! Frames are spread over [`LANES`] ordered lanes per link by connection id:
 //! frames of one connection stay in order (a session's close can never
@@ -8,10 +9,13 @@
 //! the embedded store (each waited for its own commit).
 
 use crate::gates::{ShardAddr, LINK_QUEUE};
+use crate::reach::{msgtype_of, Stage};
+use crate::store::GateShardStatus;
 use crate::{c2s, presence, Logic};
 use bytes::{Bytes, BytesMut};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use tidegate_proto::{pb, AppCode, Cmd, Flags, Frame, Header};
+use tidegate_proto::{pb, AppCode, Cmd, Flags, Frame, Header, MsgType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -46,6 +50,7 @@ pub async fn serve(logic: Arc<Logic>, listener: TcpListener) {
 
 async fn handle(logic: Arc<Logic>, stream: TcpStream) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
+    let peer_ip = stream.peer_addr()?.ip();
     let (mut rd, wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let hello = loop {
@@ -61,21 +66,32 @@ async fn handle(logic: Arc<Logic>, stream: TcpStream) -> anyhow::Result<()> {
     }
     let hello: pb::LinkHello = hello.decode_body()?;
     let gate = ShardAddr {
-        gate_id: hello.gate_id,
+        gate_id: hello.gate_id.clone(),
         shard: hello.shard,
     };
     let (tx, rx) = mpsc::channel(LINK_QUEUE);
     let writer = tokio::spawn(write_loop(wr, rx));
     let link_id = logic.gates.register(gate.clone(), tx.clone());
     tracing::info!(gate = %gate.gate_id, shard = gate.shard, "gate shard linked");
+    // A lease from the first moment, so a login on this shard never reads
+    // as offline before the first heartbeat arrives.
+    let first = pb::LinkHeartbeat {
+        gate_id: hello.gate_id.clone(),
+        shard: hello.shard,
+        shards: hello.shards,
+        client_addr: hello.client_addr.clone(),
+        ..Default::default()
+    };
+    renew(&logic, peer_ip, first).await;
     let welcome = pb::LinkWelcome {
         logic_id: logic.logic_id.clone(),
+        heartbeat_ms: u32::try_from(logic.cfg.gate_lease_ms / 3).unwrap_or(u32::MAX),
     };
     let mut reply = Header::new(Cmd::LinkHello, AppCode(0), 0).reply();
     reply.flags = Flags::RESPONSE;
     let _ = tx.send(Frame::encode_msg_to_bytes(reply, &welcome)).await;
 
-    let result = read_loop(&logic, &gate, &mut rd, &mut buf, &tx).await;
+    let result = read_loop(&logic, &gate, peer_ip, &mut rd, &mut buf, &tx).await;
     logic.gates.unregister(&gate, link_id);
     drop(tx);
     writer.abort();
@@ -85,6 +101,7 @@ async fn handle(logic: Arc<Logic>, stream: TcpStream) -> anyhow::Result<()> {
 async fn read_loop(
     logic: &Arc<Logic>,
     gate: &ShardAddr,
+    peer_ip: IpAddr,
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     buf: &mut BytesMut,
     tx: &mpsc::Sender<Bytes>,
@@ -94,7 +111,13 @@ async fn read_loop(
     for _ in 0..LANES {
         let (lane_tx, lane_rx) = mpsc::channel(LANE_QUEUE);
         lanes.push(lane_tx);
-        workers.spawn(lane(logic.clone(), gate.clone(), lane_rx, tx.clone()));
+        workers.spawn(lane(
+            logic.clone(),
+            gate.clone(),
+            peer_ip,
+            lane_rx,
+            tx.clone(),
+        ));
     }
     loop {
         while let Some(frame) = Frame::parse(buf, MAX_LINK_BODY)? {
@@ -115,11 +138,12 @@ async fn read_loop(
 async fn lane(
     logic: Arc<Logic>,
     gate: ShardAddr,
+    peer_ip: IpAddr,
     mut frames: mpsc::Receiver<Frame>,
     tx: mpsc::Sender<Bytes>,
 ) -> anyhow::Result<()> {
     while let Some(frame) = frames.recv().await {
-        if let Some(reply) = dispatch(&logic, &gate, frame).await? {
+        if let Some(reply) = dispatch(&logic, &gate, peer_ip, frame).await? {
             tx.send(reply).await?;
         }
     }
@@ -143,7 +167,12 @@ fn peek_conn(body: &[u8]) -> u64 {
 }
 
 /// Handles one frame from a gate; returns the reply to send, if any.
-async fn dispatch(logic: &Logic, gate: &ShardAddr, frame: Frame) -> anyhow::Result<Option<Bytes>> {
+async fn dispatch(
+    logic: &Logic,
+    gate: &ShardAddr,
+    peer_ip: IpAddr,
+    frame: Frame,
+) -> anyhow::Result<Option<Bytes>> {
     let h = frame.header;
     let response = h.flags.contains(Flags::RESPONSE);
     let reply = match (h.cmd, response) {
@@ -160,9 +189,26 @@ async fn dispatch(logic: &Logic, gate: &ShardAddr, frame: Frame) -> anyhow::Resu
             Some(Frame::encode_msg_to_bytes(h.reply(), &r))
         }
         (Cmd::LinkS2cAck, false) => {
-            let _ack: pb::LinkS2cAck = frame.decode_body()?;
-            let app = h.appcode.to_string();
-            metrics::counter!("tidegate_logic_reach_acked_total", "app" => app).increment(1);
+            let ack: pb::LinkS2cAck = frame.decode_body()?;
+            // The app is the session's (the gate sets it); the msgtype is
+            // the one we minted into the id. Foreign ids count under 0.
+            let msgtype = msgtype_of(&ack.msg_id).unwrap_or(MsgType(0));
+            logic.reach.add(h.appcode, msgtype, Stage::Acked, 1);
+            None
+        }
+        (Cmd::LinkHeartbeat, false) => {
+            renew(logic, peer_ip, frame.decode_body()?).await;
+            None
+        }
+        (Cmd::LinkDeliver, true) => {
+            let r: pb::LinkDeliverReply = frame.decode_body()?;
+            logic
+                .reach
+                .add(h.appcode, h.msgtype, Stage::Written, r.delivered);
+            None
+        }
+        (Cmd::LinkBroadcast, true) => {
+            logic.gates.resolve(h.seq, frame);
             None
         }
         (Cmd::LinkPing, false) => Some(Frame::empty(h.reply()).to_bytes()),
@@ -173,6 +219,41 @@ async fn dispatch(logic: &Logic, gate: &ShardAddr, frame: Frame) -> anyhow::Resu
         }
     };
     Ok(reply)
+}
+
+/// Renews the gate's lease and directory entry from a heartbeat. A store
+/// failure is logged and counted only: the next heartbeat retries, and the
+/// lease outlives a few missed ones.
+async fn renew(logic: &Logic, peer_ip: IpAddr, beat: pb::LinkHeartbeat) {
+    let status = GateShardStatus {
+        gate_id: beat.gate_id,
+        shard: beat.shard,
+        connections: beat.connections,
+        draining: beat.draining,
+        client_addr: advertised(&beat.client_addr, peer_ip),
+        http_addr: advertised(&beat.http_addr, peer_ip),
+    };
+    let result = match logic
+        .store
+        .renew_gate(&status, logic.cfg.gate_lease_ms)
+        .await
+    {
+        Ok(()) => "ok",
+        Err(e) => {
+            tracing::warn!(gate = %status.gate_id, "gate lease renewal: {e}");
+            "store_error"
+        }
+    };
+    metrics::counter!("tidegate_logic_gate_renewals_total", "result" => result).increment(1);
+}
+
+/// The address clients should use: a listener bound to the unspecified IP
+/// (`0.0.0.0:7000`) is reachable at the IP the gate's link comes from.
+fn advertised(bound: &str, peer_ip: IpAddr) -> String {
+    match bound.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => SocketAddr::new(peer_ip, a.port()).to_string(),
+        _ => bound.to_string(),
+    }
 }
 
 /// Writes queued frames, many per syscall: one blocking receive, then

@@ -1,12 +1,14 @@
 //! Presence transitions driven by the gate links: login writes a session
-//! under a fresh epoch, close removes it only if the epoch still matches
-//! (ARCHITECTURE §5: a stale close never removes a newer login).
+//! under a fresh epoch and applies the app's device policy in the same
+//! atomic step (the sessions it replaces get KICKOUT), close removes it only
+//! if the epoch still matches (ARCHITECTURE §5: a stale close never removes
+//! a newer login).
 
 use crate::auth::AuthError;
 use crate::gates::ShardAddr;
-use crate::store::{NewSession, SessionKey};
+use crate::store::{NewSession, SessionKey, SessionRecord};
 use crate::Logic;
-use tidegate_proto::{pb, AppCode, ErrorCode};
+use tidegate_proto::{pb, AppCode, Cmd, ErrorCode, Frame, Header};
 
 /// Verifies a forwarded LOGIN and records the session.
 pub async fn login(
@@ -61,9 +63,10 @@ async fn try_login(
         platform: login.platform,
         since_ms: tidegate_proto::now_ms(),
     };
-    let record = logic
+    let policy = logic.app(app).map(|a| a.device_policy).unwrap_or_default();
+    let outcome = logic
         .store
-        .add_session(app, &claims.sub, new)
+        .add_session(app, &claims.sub, new, policy)
         .await
         .map_err(|e| {
             tracing::warn!("login: store: {e}");
@@ -72,12 +75,34 @@ async fn try_login(
                 "presence store unavailable; retry".to_string(),
             )
         })?;
+    for old in &outcome.kicked {
+        kick_other_device(logic, app, old);
+    }
     Ok(pb::LoginAccepted {
         uid: claims.sub,
-        epoch: record.epoch,
+        epoch: outcome.record.epoch,
         // 0: the gateway advertises its own configured interval.
         keepalive_s: 0,
     })
+}
+
+/// Sends KICKOUT(OTHER_DEVICE) to a session the device policy replaced. It
+/// is already gone from presence; the gate's close notice that follows finds
+/// nothing to remove (fenced by epoch). A gate that is not linked here is
+/// not reachable by any kick from us: its session stays open until the
+/// client leaves, but it no longer receives pushes.
+fn kick_other_device(logic: &Logic, app: AppCode, old: &SessionRecord) {
+    let kick = pb::LinkKick {
+        conn: old.conn,
+        kickout: Some(pb::Kickout {
+            reason: pb::KickoutReason::OtherDevice as i32,
+            message: "logged in on another device".into(),
+        }),
+    };
+    let frame = Frame::encode_msg_to_bytes(Header::new(Cmd::LinkKick, app, 0), &kick);
+    let sent = logic.gates.send(&old.gate_id, old.shard, frame);
+    let result = if sent { "sent" } else { "unreachable" };
+    metrics::counter!("tidegate_logic_device_kicks_total", "result" => result).increment(1);
 }
 
 /// Removes a closed session from presence (fenced by its epoch).

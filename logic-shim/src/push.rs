@@ -1,11 +1,30 @@
-//! s2c push: find each target's sessions in presence, encode the S2C frame
-//! once, and send one LINK_DELIVER per gate shard listing its connections.
+//! s2c push: find each target's sessions in presence (pipelined, a batch
+//! per round trip), encode the S2C frame once, and send one LINK_DELIVER per
+//! gate shard listing its connections. A push to every online user of an
+//! app never reads presence: it sends one LINK_BROADCAST to every linked
+//! gate shard, and each shard walks its own session table.
 
+use crate::gates::ShardAddr;
+use crate::reach::Stage;
 use crate::store::StoreError;
 use crate::Logic;
 use bytes::Bytes;
 use std::collections::HashMap;
-use tidegate_proto::{pb, AppCode, Cmd, Frame, Header, MsgType};
+use std::time::Duration;
+use tidegate_proto::{pb, AppCode, Cmd, Flags, Frame, Header, MsgType};
+
+/// Users whose presence one store round trip reads.
+const PRESENCE_BATCH: usize = 1000;
+/// How long a broadcast waits for each gate shard's count.
+const BROADCAST_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Who a push is for.
+pub enum Audience {
+    /// These uids (validated: 1 to `max_push_targets`).
+    Users(Vec<String>),
+    /// Every online user of the app.
+    All,
+}
 
 /// One push, already validated by the API layer.
 pub struct Push {
@@ -13,8 +32,8 @@ pub struct Push {
     pub app: AppCode,
     /// Business line.
     pub msgtype: MsgType,
-    /// Target uids.
-    pub to: Vec<String>,
+    /// Targets.
+    pub to: Audience,
     /// App-chosen content type.
     pub content_type: String,
     /// Opaque content.
@@ -31,6 +50,16 @@ pub enum Delivery {
     Offline,
 }
 
+impl Delivery {
+    /// The JSON / protobuf status string.
+    pub fn name(self) -> &'static str {
+        match self {
+            Delivery::Delivered => "delivered",
+            Delivery::Offline => "offline",
+        }
+    }
+}
+
 /// Per-target outcome.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PushResult {
@@ -40,18 +69,69 @@ pub struct PushResult {
     pub status: Delivery,
 }
 
-/// The push's id and per-target outcomes.
+/// A broadcast's outcome on one gate shard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GateResult {
+    /// Gate process id.
+    pub gate_id: String,
+    /// Shard index.
+    pub shard: u32,
+    /// `sent` (the shard answered), `unreachable` (link down or full) or
+    /// `timeout` (no answer in time; it may still deliver).
+    pub status: &'static str,
+    /// Sessions the shard queued the frame to.
+    pub delivered: u64,
+}
+
+/// The push's id and outcomes: per target for a list, per gate shard for
+/// a broadcast.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PushOutcome {
     /// Server-assigned message id (the client's S2C_ACK names it).
     pub msg_id: String,
-    /// One entry per target, in request order.
-    pub results: Vec<PushResult>,
+    /// One entry per target, in request order (list pushes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<PushResult>>,
+    /// One entry per linked gate shard (broadcasts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gates: Option<Vec<GateResult>>,
+    /// Broadcasts: sessions reached over all shards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<u64>,
+}
+
+impl PushOutcome {
+    /// The protobuf form of the response.
+    pub fn to_pb(&self) -> pb::PushResponse {
+        pb::PushResponse {
+            msg_id: self.msg_id.clone(),
+            results: self
+                .results
+                .iter()
+                .flatten()
+                .map(|r| pb::PushTargetResult {
+                    uid: r.uid.clone(),
+                    status: r.status.name().into(),
+                })
+                .collect(),
+            gates: self
+                .gates
+                .iter()
+                .flatten()
+                .map(|g| pb::PushGateResult {
+                    gate_id: g.gate_id.clone(),
+                    shard: g.shard,
+                    status: g.status.into(),
+                    delivered: g.delivered,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Delivers `push` to every online session of its targets.
 pub async fn push(logic: &Logic, push: Push) -> Result<PushOutcome, StoreError> {
-    let msg_id = logic.next_msg_id();
+    let msg_id = logic.next_msg_id(push.msgtype);
     let body = pb::Push {
         msg_id: msg_id.clone(),
         content_type: push.content_type,
@@ -62,21 +142,35 @@ pub async fn push(logic: &Logic, push: Push) -> Result<PushOutcome, StoreError> 
     header.msgtype = push.msgtype;
     // Encoded once; every delivery shares these bytes.
     let frame = Frame::encode_msg_to_bytes(header, &body);
+    match push.to {
+        Audience::Users(uids) => to_users(logic, push.app, push.msgtype, uids, frame, msg_id).await,
+        Audience::All => Ok(broadcast(logic, push.app, push.msgtype, frame, msg_id).await),
+    }
+}
 
+async fn to_users(
+    logic: &Logic,
+    app: AppCode,
+    msgtype: MsgType,
+    uids: Vec<String>,
+    frame: Bytes,
+    msg_id: String,
+) -> Result<PushOutcome, StoreError> {
     // (gate, shard) -> connections, and each target's shards.
     let mut by_shard: HashMap<(String, u32), Vec<u64>> = HashMap::new();
-    let mut targets: Vec<Vec<(String, u32)>> = Vec::with_capacity(push.to.len());
-    for uid in &push.to {
-        let sessions = logic.store.sessions(push.app, uid).await?;
-        let shards = sessions
-            .into_iter()
-            .map(|s| {
-                let key = (s.gate_id, s.shard);
-                by_shard.entry(key.clone()).or_default().push(s.conn);
-                key
-            })
-            .collect();
-        targets.push(shards);
+    let mut targets: Vec<Vec<(String, u32)>> = Vec::with_capacity(uids.len());
+    for batch in uids.chunks(PRESENCE_BATCH) {
+        for sessions in logic.store.sessions_many(app, batch).await? {
+            let shards = sessions
+                .into_iter()
+                .map(|s| {
+                    let key = (s.gate_id, s.shard);
+                    by_shard.entry(key.clone()).or_default().push(s.conn);
+                    key
+                })
+                .collect();
+            targets.push(shards);
+        }
     }
 
     let mut sent: HashMap<(String, u32), bool> = HashMap::with_capacity(by_shard.len());
@@ -85,31 +179,109 @@ pub async fn push(logic: &Logic, push: Push) -> Result<PushOutcome, StoreError> 
             conns,
             frame: frame.clone(),
         };
-        let link_frame =
-            Frame::encode_msg_to_bytes(Header::new(Cmd::LinkDeliver, push.app, 0), &deliver);
-        let ok = logic.gates.send(&gate_id, shard, link_frame);
+        // Ack-requested: the gate answers with how many it queued (reach
+        // "written"); header msgtype lets the answer be counted without state.
+        let mut h = Header::new(Cmd::LinkDeliver, app, 0);
+        h.msgtype = msgtype;
+        h.flags = Flags::ACK_REQUESTED;
+        let ok = logic
+            .gates
+            .send(&gate_id, shard, Frame::encode_msg_to_bytes(h, &deliver));
         sent.insert((gate_id, shard), ok);
     }
 
-    let app = push.app.to_string();
-    let results = push
-        .to
+    let label = app.to_string();
+    let (mut online, mut delivered) = (0, 0);
+    let results: Vec<PushResult> = uids
         .into_iter()
         .zip(targets)
         .map(|(uid, shards)| {
+            online += u64::from(!shards.is_empty());
             let status = if shards.iter().any(|k| sent.get(k) == Some(&true)) {
+                delivered += 1;
                 Delivery::Delivered
             } else {
                 Delivery::Offline
             };
-            let label = match status {
-                Delivery::Delivered => "delivered",
-                Delivery::Offline => "offline",
-            };
-            metrics::counter!("tidegate_logic_push_targets_total", "app" => app.clone(), "status" => label)
-                .increment(1);
             PushResult { uid, status }
         })
         .collect();
-    Ok(PushOutcome { msg_id, results })
+    let offline = results.len() as u64 - delivered;
+    for (status, n) in [("delivered", delivered), ("offline", offline)] {
+        metrics::counter!("tidegate_logic_push_targets_total", "app" => label.clone(), "status" => status)
+            .increment(n);
+    }
+    logic
+        .reach
+        .add(app, msgtype, Stage::Sent, results.len() as u64);
+    logic.reach.add(app, msgtype, Stage::Online, online);
+    Ok(PushOutcome {
+        msg_id,
+        results: Some(results),
+        gates: None,
+        delivered: None,
+    })
+}
+
+/// One LINK_BROADCAST per linked gate shard, then their counts (waiting at
+/// most [`BROADCAST_REPLY_TIMEOUT`] for all of them together).
+async fn broadcast(
+    logic: &Logic,
+    app: AppCode,
+    msgtype: MsgType,
+    frame: Bytes,
+    msg_id: String,
+) -> PushOutcome {
+    let body = pb::LinkBroadcast { frame };
+    let mut waiting = Vec::new();
+    let mut gates = Vec::new();
+    for addr in logic.gates.linked() {
+        let make = |seq| {
+            let mut h = Header::new(Cmd::LinkBroadcast, app, seq);
+            h.msgtype = msgtype;
+            Frame::encode_msg_to_bytes(h, &body)
+        };
+        match logic.gates.request(&addr, make) {
+            Some(pending) => waiting.push((addr, pending)),
+            None => gates.push(gate_result(addr, "unreachable", 0)),
+        }
+    }
+    let deadline = tokio::time::Instant::now() + BROADCAST_REPLY_TIMEOUT;
+    for (addr, (seq, rx)) in waiting {
+        let reply = tokio::time::timeout_at(deadline, rx).await;
+        let counted = match reply {
+            Ok(Ok(f)) => f.decode_body::<pb::LinkBroadcastReply>().ok(),
+            _ => None,
+        };
+        match counted {
+            Some(r) => gates.push(gate_result(addr, "sent", r.delivered)),
+            None => {
+                logic.gates.forget(seq);
+                gates.push(gate_result(addr, "timeout", 0));
+            }
+        }
+    }
+    gates.sort_by(|a, b| (&a.gate_id, a.shard).cmp(&(&b.gate_id, b.shard)));
+    let total = gates.iter().map(|g| g.delivered).sum();
+    // A broadcast has no target list: every reached session counts as a
+    // target that was online and written.
+    for stage in [Stage::Sent, Stage::Online, Stage::Written] {
+        logic.reach.add(app, msgtype, stage, total);
+    }
+    metrics::counter!("tidegate_logic_broadcasts_total", "app" => app.to_string()).increment(1);
+    PushOutcome {
+        msg_id,
+        results: None,
+        gates: Some(gates),
+        delivered: Some(total),
+    }
+}
+
+fn gate_result(addr: ShardAddr, status: &'static str, delivered: u64) -> GateResult {
+    GateResult {
+        gate_id: addr.gate_id,
+        shard: addr.shard,
+        status,
+        delivered,
+    }
 }

@@ -1,5 +1,7 @@
 //! Test helpers (cargo feature `testkit`): a real `redis-server` on a free
-//! loopback port, owned by a guard that kills it on drop. Shared by the store
+//! loopback port, owned by a guard that kills it on drop, and a local
+//! 3-master Redis Cluster built the way an operator would (`redis-server
+//! --cluster-enabled yes` ×3 + `redis-cli --cluster create`). Shared by the store
 //! conformance suite and the root package's end-to-end tests (STYLE §5: tests
 //! run real binaries, never mocks). Everything here is synchronous, so it
 //! works under tokio, glommio or no runtime at all.
@@ -32,7 +34,7 @@ impl RedisServer {
         let mut last_error = String::new();
         for _ in 0..ATTEMPTS {
             let port = free_port();
-            match spawn_ready(port, &dir) {
+            match spawn_ready(port, &dir, &[]) {
                 Ok(child) => {
                     return RedisServer {
                         child: Some(child),
@@ -70,7 +72,7 @@ impl RedisServer {
     /// ("the store came back"); panics if the port was taken meanwhile.
     pub fn restart(&mut self) {
         self.stop();
-        match spawn_ready(self.port, &self.dir) {
+        match spawn_ready(self.port, &self.dir, &[]) {
             Ok(child) => self.child = Some(child),
             Err(e) => panic!("testkit: redis-server restart failed: {e}"),
         }
@@ -91,11 +93,110 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("testkit: cannot bind 127.0.0.1:0 to find a free port: {e}"))
 }
 
+/// Three cluster-enabled redis-servers joined into one cluster with all
+/// 16384 slots assigned; killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster and waits until every node
+    /// reports `cluster_state:ok`; panics if that fails (a test fixture).
+    pub fn start() -> RedisCluster {
+        let mut nodes = Vec::with_capacity(3);
+        while nodes.len() < 3 {
+            // The cluster bus listens on port + 10000.
+            let port = free_port();
+            if port > 55_000 {
+                continue;
+            }
+            let dir = tempfile::tempdir()
+                .unwrap_or_else(|e| panic!("testkit: cannot create a temp dir: {e}"));
+            let conf = dir.path().join("nodes.conf");
+            let extra = [
+                "--cluster-enabled".to_string(),
+                "yes".to_string(),
+                "--cluster-config-file".to_string(),
+                conf.display().to_string(),
+                "--cluster-node-timeout".to_string(),
+                "2000".to_string(),
+            ];
+            if let Ok(child) = spawn_ready(port, &dir, &extra) {
+                nodes.push(RedisServer {
+                    child: Some(child),
+                    port,
+                    dir,
+                });
+            }
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("testkit: cannot run redis-cli: {e}"));
+        assert!(
+            out.status.success(),
+            "testkit: redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            while !cluster_ok(n.port) {
+                assert!(
+                    Instant::now() < deadline,
+                    "testkit: cluster never became ok"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3`, for
+    /// `RedisStore::connect` or `--redis`.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+}
+
+impl RedisCluster {
+    /// Empties every node (test isolation when cases share one cluster).
+    pub fn flush(&self) {
+        for n in &self.nodes {
+            let ok = Command::new("redis-cli")
+                .args(["-p", &n.port.to_string(), "FLUSHALL"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            assert!(ok, "testkit: FLUSHALL on cluster node {} failed", n.port);
+        }
+    }
+}
+
+/// Whether the node on `port` reports `cluster_state:ok`.
+fn cluster_ok(port: u16) -> bool {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "cluster", "info"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+}
+
 /// Runs redis-server on `port` and waits until that very process answers.
-fn spawn_ready(port: u16, dir: &tempfile::TempDir) -> Result<Child, String> {
+fn spawn_ready(port: u16, dir: &tempfile::TempDir, extra: &[String]) -> Result<Child, String> {
     let spawned = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
+        .args(extra)
         .arg("--dir")
         .arg(dir.path())
         .stdin(Stdio::null())

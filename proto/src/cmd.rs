@@ -65,6 +65,10 @@ pub enum Cmd {
     LinkPing = 0x8007,
     /// link: forwarded S2C_ACK (`LinkS2cAck`).
     LinkS2cAck = 0x8008,
+    /// link: gate shard liveness and load, renews the gate lease (`LinkHeartbeat`).
+    LinkHeartbeat = 0x8009,
+    /// link: one frame to every session of an app on a shard (`LinkBroadcast` / `LinkBroadcastReply`).
+    LinkBroadcast = 0x800A,
 }
 
 impl Cmd {
@@ -102,6 +106,8 @@ impl Cmd {
             0x8006 => LinkKick,
             0x8007 => LinkPing,
             0x8008 => LinkS2cAck,
+            0x8009 => LinkHeartbeat,
+            0x800A => LinkBroadcast,
             _ => return None,
         })
     }
@@ -150,6 +156,8 @@ impl Cmd {
             LinkKick => "link_kick",
             LinkPing => "link_ping",
             LinkS2cAck => "link_s2c_ack",
+            LinkHeartbeat => "link_heartbeat",
+            LinkBroadcast => "link_broadcast",
         }
     }
 }

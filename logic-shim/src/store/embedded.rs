@@ -18,17 +18,18 @@
 //! MVCC read transactions and never wait for the writer.
 
 use super::{
-    c2s_stream_key, C2sEntry, NewSession, SessionKey, SessionRecord, Store, StoreError,
-    StreamEntry, StreamId,
+    c2s_stream_key, fold_gates, C2sEntry, DevicePolicy, GateInfo, GateShardStatus, LoginOutcome,
+    NewSession, SessionKey, SessionRecord, Store, StoreError, StreamEntry, StreamId,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::HashSet;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use tidegate_proto::{AppCode, MsgType};
+use tidegate_proto::{now_ms, AppCode, MsgType};
 use tokio::sync::{mpsc, oneshot};
 use writer::{create_tables, run_writer, Done, Job, Op};
 
@@ -37,6 +38,9 @@ mod writer;
 /// `(app, uid, "gate/shard/conn")` → `(epoch, JSON SessionRecord)`; a user's
 /// sessions are one contiguous key range.
 const PRESENCE: TableDefinition<(u16, &str, &str), (u64, &[u8])> = TableDefinition::new("presence");
+/// `(gate_id, shard)` → `(lease end ms, JSON GateShardStatus)`: the gate
+/// leases and directory. A gate is live while any of its shards' lease runs.
+const GATES: TableDefinition<(&str, u32), (u64, &[u8])> = TableDefinition::new("gates");
 /// `(app, uid)` → last epoch handed out; kept after logout so epochs never repeat.
 const EPOCHS: TableDefinition<(u16, &str), u64> = TableDefinition::new("epochs");
 /// `(stream key, ms, seq)` → encoded [`C2sEntry`]; ordered like a Redis Stream.
@@ -143,11 +147,13 @@ impl Store for EmbeddedStore {
         app: AppCode,
         uid: &str,
         new: NewSession,
-    ) -> Result<SessionRecord, StoreError> {
+        policy: DevicePolicy,
+    ) -> Result<LoginOutcome, StoreError> {
         let op = Op::AddSession {
             app: app.0,
             uid: uid.to_string(),
             new,
+            policy,
         };
         match self.write(op).await? {
             Done::Added(record) => Ok(record),
@@ -174,27 +180,82 @@ impl Store for EmbeddedStore {
         }
     }
 
-    async fn sessions(&self, app: AppCode, uid: &str) -> Result<Vec<SessionRecord>, StoreError> {
-        let uid = uid.to_string();
-        self.read(move |txn| {
-            let table = txn.open_table(PRESENCE).map_err(storage)?;
-            let mut out = Vec::new();
-            for row in table.range((app.0, uid.as_str(), "")..).map_err(storage)? {
-                let (key, value) = row.map_err(storage)?;
-                let (row_app, row_uid, field) = key.value();
-                if row_app != app.0 || row_uid != uid {
+    async fn sessions_many(
+        &self,
+        app: AppCode,
+        uids: &[String],
+    ) -> Result<Vec<Vec<SessionRecord>>, StoreError> {
+        let uids = uids.to_vec();
+        let (out, dead) = self
+            .read(move |txn| {
+                let live = live_gate_ids(txn, now_ms())?;
+                let table = txn.open_table(PRESENCE).map_err(storage)?;
+                let mut out = Vec::with_capacity(uids.len());
+                let mut dead = Vec::new();
+                for uid in &uids {
+                    let mut sessions = Vec::new();
+                    for record in user_sessions(&table, app, uid)? {
+                        if live.contains(&record.gate_id) {
+                            sessions.push(record);
+                        } else {
+                            dead.push((uid.clone(), record.key().to_string(), record.epoch));
+                        }
+                    }
+                    out.push(sessions);
+                }
+                Ok((out, dead))
+            })
+            .await?;
+        // Lazy cleanup of dead gates' sessions: queued, never awaited, each
+        // fenced by its epoch; if the queue is full the next read retries.
+        if let Some(writes) = &self.writes {
+            for (uid, key, epoch) in dead {
+                let (reply, _) = oneshot::channel();
+                let op = Op::RemoveSession {
+                    app: app.0,
+                    uid,
+                    key,
+                    epoch,
+                };
+                if writes.try_send(Job { op, reply }).is_err() {
                     break;
                 }
-                let (epoch, json) = value.value();
-                let mut record: SessionRecord = serde_json::from_slice(json).map_err(|e| {
-                    StoreError::Corrupt(format!("presence {app}:{uid} {field}: {e}"))
-                })?;
-                // The key column is what fencing compares; it wins over the JSON copy.
-                record.epoch = epoch;
-                out.push(record);
             }
-            out.sort_by_key(|s| s.epoch);
-            Ok(out)
+        }
+        Ok(out)
+    }
+
+    async fn renew_gate(&self, status: &GateShardStatus, ttl_ms: u64) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(status)
+            .map_err(|e| StoreError::BadInput(format!("gate {}: {e}", status.gate_id)))?;
+        let op = Op::RenewGate {
+            gate_id: status.gate_id.clone(),
+            shard: status.shard,
+            expires_ms: now_ms() + ttl_ms,
+            json,
+        };
+        match self.write(op).await? {
+            Done::Renewed => Ok(()),
+            other => Err(mismatch("renew_gate", &other)),
+        }
+    }
+
+    async fn live_gates(&self) -> Result<Vec<GateInfo>, StoreError> {
+        self.read(|txn| {
+            let now = now_ms();
+            let table = txn.open_table(GATES).map_err(storage)?;
+            let mut rows = Vec::new();
+            for row in table.iter().map_err(storage)? {
+                let (key, value) = row.map_err(storage)?;
+                let (expires_ms, json) = value.value();
+                if expires_ms <= now {
+                    continue;
+                }
+                let status: GateShardStatus = serde_json::from_slice(json)
+                    .map_err(|e| StoreError::Corrupt(format!("gate {:?}: {e}", key.value().0)))?;
+                rows.push((expires_ms, status));
+            }
+            Ok(fold_gates(rows, now))
         })
         .await
     }
@@ -251,6 +312,43 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+}
+
+/// Ids of gates with at least one shard whose lease has not ended.
+fn live_gate_ids(txn: &redb::ReadTransaction, now: u64) -> Result<HashSet<String>, StoreError> {
+    let table = txn.open_table(GATES).map_err(storage)?;
+    let mut live = HashSet::new();
+    for row in table.iter().map_err(storage)? {
+        let (key, value) = row.map_err(storage)?;
+        if value.value().0 > now {
+            live.insert(key.value().0.to_string());
+        }
+    }
+    Ok(live)
+}
+
+/// Every presence record of one user (live gate or not), oldest epoch first.
+fn user_sessions(
+    table: &impl ReadableTable<(u16, &'static str, &'static str), (u64, &'static [u8])>,
+    app: AppCode,
+    uid: &str,
+) -> Result<Vec<SessionRecord>, StoreError> {
+    let mut out = Vec::new();
+    for row in table.range((app.0, uid, "")..).map_err(storage)? {
+        let (key, value) = row.map_err(storage)?;
+        let (row_app, row_uid, field) = key.value();
+        if row_app != app.0 || row_uid != uid {
+            break;
+        }
+        let (epoch, json) = value.value();
+        let mut record: SessionRecord = serde_json::from_slice(json)
+            .map_err(|e| StoreError::Corrupt(format!("presence {app}:{uid} {field}: {e}")))?;
+        // The key column is what fencing compares; it wins over the JSON copy.
+        record.epoch = epoch;
+        out.push(record);
+    }
+    out.sort_by_key(|s| s.epoch);
+    Ok(out)
 }
 
 fn mismatch(call: &str, got: &Done) -> StoreError {

@@ -73,6 +73,115 @@ pub struct NewSession {
     pub since_ms: u64,
 }
 
+/// Which older sessions a new login replaces (`[[apps]] device_policy`),
+/// decided in the same atomic step as the login itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DevicePolicy {
+    /// One session per user: a new login kicks every other session.
+    Single,
+    /// One session per platform: a new login kicks sessions of its platform.
+    PerPlatform,
+    /// Any number of sessions.
+    #[default]
+    Multi,
+}
+
+impl DevicePolicy {
+    /// The name used in config and in the Redis script.
+    pub fn name(self) -> &'static str {
+        match self {
+            DevicePolicy::Single => "single",
+            DevicePolicy::PerPlatform => "per_platform",
+            DevicePolicy::Multi => "multi",
+        }
+    }
+
+    /// Whether a login on `platform` replaces the existing session `old`.
+    pub fn replaces(self, platform: &str, old: &SessionRecord) -> bool {
+        match self {
+            DevicePolicy::Single => true,
+            DevicePolicy::PerPlatform => old.platform == platform,
+            DevicePolicy::Multi => false,
+        }
+    }
+}
+
+/// What a login did: the new record, and the sessions its device policy
+/// removed from presence (the caller kicks them with KICKOUT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginOutcome {
+    /// The new session.
+    pub record: SessionRecord,
+    /// Older sessions removed by the device policy, oldest epoch first.
+    pub kicked: Vec<SessionRecord>,
+}
+
+/// One gate shard's heartbeat as the store records it (the gate lease and
+/// its directory entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateShardStatus {
+    /// Gate process id.
+    pub gate_id: String,
+    /// Shard index.
+    pub shard: u32,
+    /// Open client connections on this shard.
+    pub connections: u64,
+    /// The gate is draining: the directory never returns it.
+    pub draining: bool,
+    /// Client TCP address clients should connect to.
+    pub client_addr: String,
+    /// Client HTTP/WebSocket address, empty if none.
+    pub http_addr: String,
+}
+
+/// A live gate: the sum of its shards' latest heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateInfo {
+    /// Gate process id.
+    pub gate_id: String,
+    /// Open connections over all its shards.
+    pub connections: u64,
+    /// Any shard reported draining.
+    pub draining: bool,
+    /// Client TCP address (from the most recent heartbeat).
+    pub client_addr: String,
+    /// Client HTTP address, empty if none.
+    pub http_addr: String,
+    /// When the lease ends unless renewed, ms since the Unix epoch.
+    pub expires_ms: u64,
+}
+
+/// Folds shard statuses (each with its lease end) into per-gate entries,
+/// sorted by gate id. Shards whose lease ended are left out.
+pub fn fold_gates(
+    rows: impl IntoIterator<Item = (u64, GateShardStatus)>,
+    now_ms: u64,
+) -> Vec<GateInfo> {
+    let mut gates: std::collections::BTreeMap<String, GateInfo> = Default::default();
+    for (expires_ms, s) in rows {
+        if expires_ms <= now_ms {
+            continue;
+        }
+        let g = gates.entry(s.gate_id.clone()).or_insert_with(|| GateInfo {
+            gate_id: s.gate_id.clone(),
+            connections: 0,
+            draining: false,
+            client_addr: String::new(),
+            http_addr: String::new(),
+            expires_ms: 0,
+        });
+        g.connections += s.connections;
+        g.draining |= s.draining;
+        if expires_ms >= g.expires_ms {
+            g.expires_ms = expires_ms;
+            g.client_addr = s.client_addr;
+            g.http_addr = s.http_addr;
+        }
+    }
+    gates.into_values().collect()
+}
+
 /// One c2s message on an app's bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct C2sEntry {
@@ -146,13 +255,15 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Adds a session to the user's presence under a fresh epoch, strictly
-    /// greater than every epoch this user had before; one atomic step.
+    /// greater than every epoch this user had before, and removes the older
+    /// sessions `policy` replaces; one atomic step.
     async fn add_session(
         &self,
         app: AppCode,
         uid: &str,
         new: NewSession,
-    ) -> Result<SessionRecord, StoreError>;
+        policy: DevicePolicy,
+    ) -> Result<LoginOutcome, StoreError>;
 
     /// Removes the session at `key` only if it still carries `epoch`, so a
     /// stale close can never remove a newer login; returns whether it did.
@@ -164,8 +275,29 @@ pub trait Store: Send + Sync + 'static {
         epoch: u64,
     ) -> Result<bool, StoreError>;
 
-    /// The user's live sessions, oldest epoch first.
-    async fn sessions(&self, app: AppCode, uid: &str) -> Result<Vec<SessionRecord>, StoreError>;
+    /// The user's live sessions, oldest epoch first. Sessions on a gate
+    /// whose lease has ended are not live: they are left out (and removed
+    /// lazily, fenced by their epoch).
+    async fn sessions(&self, app: AppCode, uid: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut all = self.sessions_many(app, &[uid.to_string()]).await?;
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    /// [`Store::sessions`] of many users in one round trip (a pipeline on
+    /// Redis, one read transaction embedded); one entry per uid, in order.
+    async fn sessions_many(
+        &self,
+        app: AppCode,
+        uids: &[String],
+    ) -> Result<Vec<Vec<SessionRecord>>, StoreError>;
+
+    /// Records a gate shard's heartbeat and extends its gate's lease to
+    /// `ttl_ms` from now. The only presence write that is not per login, so
+    /// idle users cost nothing (ARCHITECTURE §4 keepalive).
+    async fn renew_gate(&self, status: &GateShardStatus, ttl_ms: u64) -> Result<(), StoreError>;
+
+    /// Gates whose lease has not ended, sorted by gate id.
+    async fn live_gates(&self) -> Result<Vec<GateInfo>, StoreError>;
 
     /// Appends to the `(app, msgtype)` c2s stream, trimming it to about
     /// `max_len` entries; returns the new entry's id (strictly increasing).

@@ -1,28 +1,39 @@
-//! The production [`Store`]: presence and c2s streams in Redis (a single
-//! node today, Redis Cluster later), reached through one auto-reconnecting
-//! `ConnectionManager` shared by every task of a logic instance.
+//! The production [`Store`]: presence, gate leases and c2s streams in Redis,
+//! a single node (`redis://host:port/db`) or Redis Cluster
+//! (`redis+cluster://host:port,host:port`), reached through one
+//! auto-reconnecting multiplexed connection shared by every task.
 //!
 //! Key layout (ARCHITECTURE §5, §7):
 //! * `tg:{<app>:<uid>}:p` — presence hash, field `gate/shard/conn`
 //!   ([`SessionKey`]'s `Display`), value `<epoch>|<json>`;
 //! * `tg:{<app>:<uid>}:epoch` — the user's epoch counter;
+//! * `tg:gate:{<gate_id>}` — the gate's lease: a hash, field = shard, value =
+//!   the shard's last heartbeat (JSON with its lease end); the key expires
+//!   with the lease;
+//! * `tg:gates` — sorted set of gate ids scored by lease end (ms), so one
+//!   `ZRANGEBYSCORE` lists the live gates;
 //! * `c2s:<app>:<msgtype>` — the app's c2s stream ([`c2s_stream_key`]).
 //!
 //! Both per-user keys carry the same hash tag, so the one Lua script per
-//! presence transition touches a single cluster slot.
+//! presence transition touches a single cluster slot. Presence reads filter
+//! by `tg:gates` in the same round trip (a pipeline on a single node; on a
+//! cluster, concurrent commands the multiplexed connections pipeline).
+
+mod codec;
+mod conn;
 
 use super::{
-    c2s_stream_key, C2sEntry, NewSession, SessionKey, SessionRecord, Store, StoreError,
-    StreamEntry, StreamId,
+    c2s_stream_key, fold_gates, C2sEntry, DevicePolicy, GateInfo, GateShardStatus, LoginOutcome,
+    NewSession, SessionKey, SessionRecord, Store, StoreError, StreamEntry, StreamId,
 };
 use async_trait::async_trait;
-use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use codec::{hash_pairs, parse_session, parse_xrange, StoredSession, StoredShard};
+use conn::Conn;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
-use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
-use tidegate_proto::{AppCode, MsgType};
+use tidegate_proto::{now_ms, AppCode, MsgType};
 
 /// Bound on one TCP connect attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,14 +43,37 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// (a LOGIN, a c2s append) must get `Unavailable`, never hang (§5 case 1).
 const OP_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// INCR the epoch and HSET the session in one step, so two concurrent logins
-/// of one user can never get the same epoch or interleave.
-/// KEYS: presence, epoch. ARGV: field, json. Returns the new epoch.
-/// Lua numbers are doubles, exact to 2^53; epochs count logins and stay far below.
+/// Applies the device policy, then INCRs the epoch and HSETs the session,
+/// all in one step: two concurrent logins of one user can never get the same
+/// epoch, interleave, or both survive a single-device policy.
+/// KEYS: presence, epoch. ARGV: field, json, policy, platform.
+/// Returns `{epoch, {removed values…}}`. Lua numbers are doubles, exact to
+/// 2^53; epochs count logins and stay far below.
 const ADD_SESSION: &str = r"
+local kicked = {}
+if ARGV[3] ~= 'multi' then
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    local f, v = all[i], all[i + 1]
+    if f ~= ARGV[1] then
+      local kick = ARGV[3] == 'single'
+      if not kick then
+        local bar = string.find(v, '|', 1, true)
+        if bar then
+          local ok, rec = pcall(cjson.decode, string.sub(v, bar + 1))
+          kick = ok and type(rec) == 'table' and rec.platform == ARGV[4]
+        end
+      end
+      if kick then
+        redis.call('HDEL', KEYS[1], f)
+        kicked[#kicked + 1] = v
+      end
+    end
+  end
+end
 local e = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', e) .. '|' .. ARGV[2])
-return e
+return {e, kicked}
 ";
 
 /// HDEL only if the stored value still carries the caller's epoch, so a stale
@@ -54,38 +88,48 @@ end
 return 0
 ";
 
-/// Presence and c2s streams in Redis.
+/// Sorted set of gate ids by lease end.
+const GATES_KEY: &str = "tg:gates";
+/// Gate ids whose lease ended this long ago are dropped from [`GATES_KEY`].
+const GATE_FORGET_MS: u64 = 3_600_000;
+
+/// Presence, gate leases and c2s streams in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     add_session: Script,
     remove_session: Script,
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port/db`); `Unavailable` if nothing answers.
+    /// Connects to `url`: `redis://host:port/db` for one node, or
+    /// `redis+cluster://host:port,host:port,…` for Redis Cluster (any
+    /// reachable node is enough to discover the rest). `Unavailable` if
+    /// nothing answers.
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::BadInput(format!("redis url {url:?}: {e}")))?;
-        // Few, short retries: the manager keeps reconnecting in the background
-        // on later calls, and a startup against a dead server should fail fast.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = bounded(ConnectionManager::new_with_config(client, config))
-            .await
-            .map_err(|e| match e {
-                StoreError::Unavailable(m) => StoreError::Unavailable(format!("{url}: {m}")),
-                other => other,
-            })?;
+        let conn = Conn::connect(url).await?;
         Ok(RedisStore {
             conn,
             add_session: Script::new(ADD_SESSION),
             remove_session: Script::new(REMOVE_SESSION),
         })
+    }
+
+    /// Removes sessions of dead gates in the background, each fenced by its
+    /// epoch: a login that replaced one meanwhile is never touched.
+    fn clean_lazily(&self, app: AppCode, dead: Vec<(String, SessionKey, u64)>) {
+        if dead.is_empty() {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            for (uid, key, epoch) in dead {
+                if let Err(e) = store.remove_session(app, &uid, &key, epoch).await {
+                    tracing::debug!("lazy presence cleanup: {e}");
+                    return;
+                }
+            }
+        });
     }
 }
 
@@ -110,18 +154,30 @@ impl Store for RedisStore {
         app: AppCode,
         uid: &str,
         new: NewSession,
-    ) -> Result<SessionRecord, StoreError> {
+        policy: DevicePolicy,
+    ) -> Result<LoginOutcome, StoreError> {
         let value = StoredSession::from_new(&new);
         let json = serde_json::to_string(&value)
             .map_err(|e| StoreError::BadInput(format!("session {}: {e}", new.key)))?;
         let mut conn = self.conn.clone();
         let mut call = self.add_session.prepare_invoke();
-        call.key(presence_key(app, uid))
+        let key = presence_key(app, uid);
+        call.key(&key)
             .key(epoch_key(app, uid))
             .arg(new.key.to_string())
-            .arg(json);
-        let epoch: u64 = bounded(call.invoke_async(&mut conn)).await?;
-        Ok(value.into_record(epoch))
+            .arg(json)
+            .arg(policy.name())
+            .arg(&new.platform);
+        let (epoch, removed): (u64, Vec<Vec<u8>>) = bounded(call.invoke_async(&mut conn)).await?;
+        let mut kicked = removed
+            .iter()
+            .map(|v| parse_session(&key, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        kicked.sort_by_key(|s| s.epoch);
+        Ok(LoginOutcome {
+            record: value.into_record(epoch),
+            kicked,
+        })
     }
 
     async fn remove_session(
@@ -140,17 +196,107 @@ impl Store for RedisStore {
         Ok(removed == 1)
     }
 
-    async fn sessions(&self, app: AppCode, uid: &str) -> Result<Vec<SessionRecord>, StoreError> {
-        let mut conn = self.conn.clone();
-        let key = presence_key(app, uid);
-        let fields: Vec<(Vec<u8>, Vec<u8>)> =
-            bounded(redis::cmd("HGETALL").arg(&key).query_async(&mut conn)).await?;
-        let mut out = fields
-            .iter()
-            .map(|(_, value)| parse_session(&key, value))
-            .collect::<Result<Vec<_>, _>>()?;
-        out.sort_by_key(|s| s.epoch);
+    async fn sessions_many(
+        &self,
+        app: AppCode,
+        uids: &[String],
+    ) -> Result<Vec<Vec<SessionRecord>>, StoreError> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmds = Vec::with_capacity(uids.len() + 1);
+        let mut live = redis::cmd("ZRANGEBYSCORE");
+        live.arg(GATES_KEY)
+            .arg(format!("({}", now_ms()))
+            .arg("+inf");
+        cmds.push(live);
+        let keys: Vec<String> = uids.iter().map(|u| presence_key(app, u)).collect();
+        for key in &keys {
+            let mut c = redis::cmd("HGETALL");
+            c.arg(key);
+            cmds.push(c);
+        }
+        let mut replies = bounded(self.conn.query_many(cmds)).await?.into_iter();
+        let live: Vec<String> = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
+            .map_err(|e| StoreError::Corrupt(format!("{GATES_KEY}: {e}")))?;
+        let live: HashSet<String> = live.into_iter().collect();
+        let mut out = Vec::with_capacity(uids.len());
+        let mut dead = Vec::new();
+        for ((key, uid), reply) in keys.iter().zip(uids).zip(replies) {
+            let mut sessions = Vec::new();
+            for (_, value) in hash_pairs(key, reply)? {
+                let s = parse_session(key, &value)?;
+                if live.contains(&s.gate_id) {
+                    sessions.push(s);
+                } else {
+                    dead.push((uid.clone(), s.key(), s.epoch));
+                }
+            }
+            sessions.sort_by_key(|s| s.epoch);
+            out.push(sessions);
+        }
+        self.clean_lazily(app, dead);
         Ok(out)
+    }
+
+    async fn renew_gate(&self, status: &GateShardStatus, ttl_ms: u64) -> Result<(), StoreError> {
+        let now = now_ms();
+        let expires_ms = now + ttl_ms;
+        let key = gate_key(&status.gate_id);
+        let value = serde_json::to_string(&StoredShard {
+            expires_ms,
+            status: status.clone(),
+        })
+        .map_err(|e| StoreError::BadInput(format!("gate {}: {e}", status.gate_id)))?;
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key).arg(status.shard).arg(value);
+        let mut expire = redis::cmd("PEXPIRE");
+        expire.arg(&key).arg(ttl_ms);
+        // GT: a late heartbeat from another logic instance never shortens it.
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(GATES_KEY)
+            .arg("GT")
+            .arg(expires_ms)
+            .arg(&status.gate_id);
+        let mut forget = redis::cmd("ZREMRANGEBYSCORE");
+        forget
+            .arg(GATES_KEY)
+            .arg("-inf")
+            .arg(now.saturating_sub(GATE_FORGET_MS));
+        bounded(self.conn.query_many(vec![hset, expire, zadd, forget])).await?;
+        Ok(())
+    }
+
+    async fn live_gates(&self) -> Result<Vec<GateInfo>, StoreError> {
+        let now = now_ms();
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = bounded(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(GATES_KEY)
+                .arg(format!("({now}"))
+                .arg("+inf")
+                .query_async(&mut conn),
+        )
+        .await?;
+        let keys: Vec<String> = ids.iter().map(|g| gate_key(g)).collect();
+        let cmds = keys
+            .iter()
+            .map(|k| {
+                let mut c = redis::cmd("HGETALL");
+                c.arg(k);
+                c
+            })
+            .collect();
+        let replies = bounded(self.conn.query_many(cmds)).await?;
+        let mut rows = Vec::new();
+        for (key, reply) in keys.iter().zip(replies) {
+            for (_, value) in hash_pairs(key, reply)? {
+                let shard: StoredShard = serde_json::from_slice(&value)
+                    .map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))?;
+                rows.push((shard.expires_ms, shard.status));
+            }
+        }
+        Ok(fold_gates(rows, now))
     }
 
     async fn append_c2s(
@@ -207,42 +353,6 @@ impl Store for RedisStore {
     }
 }
 
-/// A session's presence value minus the epoch, which the script prefixes.
-#[derive(Serialize, Deserialize)]
-struct StoredSession {
-    gate_id: String,
-    shard: u32,
-    conn: u64,
-    device: String,
-    platform: String,
-    since_ms: u64,
-}
-
-impl StoredSession {
-    fn from_new(new: &NewSession) -> StoredSession {
-        StoredSession {
-            gate_id: new.key.gate_id.clone(),
-            shard: new.key.shard,
-            conn: new.key.conn,
-            device: new.device.clone(),
-            platform: new.platform.clone(),
-            since_ms: new.since_ms,
-        }
-    }
-
-    fn into_record(self, epoch: u64) -> SessionRecord {
-        SessionRecord {
-            gate_id: self.gate_id,
-            shard: self.shard,
-            conn: self.conn,
-            epoch,
-            device: self.device,
-            platform: self.platform,
-            since_ms: self.since_ms,
-        }
-    }
-}
-
 /// Runs one Redis call under [`OP_TIMEOUT`], mapping its error.
 async fn bounded<T>(fut: impl Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
     match tokio::time::timeout(OP_TIMEOUT, fut).await {
@@ -270,6 +380,11 @@ fn map_err(e: RedisError) -> StoreError {
 /// Presence hash of one user.
 fn presence_key(app: AppCode, uid: &str) -> String {
     format!("tg:{{{app}:{}}}:p", tag_safe(uid))
+}
+
+/// Lease hash of one gate.
+fn gate_key(gate_id: &str) -> String {
+    format!("tg:gate:{{{}}}", tag_safe(gate_id))
 }
 
 /// Epoch counter of one user; same hash tag as [`presence_key`].
@@ -300,85 +415,6 @@ fn tag_safe(uid: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-/// Decodes one presence value `<epoch>|<json>`.
-fn parse_session(key: &str, value: &[u8]) -> Result<SessionRecord, StoreError> {
-    let corrupt = |why: String| StoreError::Corrupt(format!("{key}: {why}"));
-    let bar = value
-        .iter()
-        .position(|&b| b == b'|')
-        .ok_or_else(|| corrupt("presence value has no epoch prefix".into()))?;
-    let epoch = std::str::from_utf8(&value[..bar])
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .ok_or_else(|| corrupt("presence epoch is not a number".into()))?;
-    let stored: StoredSession = serde_json::from_slice(&value[bar + 1..])
-        .map_err(|e| corrupt(format!("presence record: {e}")))?;
-    Ok(stored.into_record(epoch))
-}
-
-/// Decodes an XRANGE reply: `[[id, [field, value, …]], …]`.
-fn parse_xrange(key: &str, reply: Value) -> Result<Vec<StreamEntry>, StoreError> {
-    let corrupt = |why: &str| StoreError::Corrupt(format!("XRANGE {key}: {why}"));
-    let Value::Array(items) = reply else {
-        return Err(corrupt("reply is not an array"));
-    };
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        let Value::Array(pair) = item else {
-            return Err(corrupt("entry is not an array"));
-        };
-        let [id, Value::Array(fields)] =
-            <[Value; 2]>::try_from(pair).map_err(|_| corrupt("entry is not [id, fields]"))?
-        else {
-            return Err(corrupt("entry fields are not an array"));
-        };
-        let id: StreamId = as_text(&id)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| corrupt("entry id is not <ms>-<seq>"))?;
-        out.push(StreamEntry {
-            id,
-            entry: parse_fields(fields).map_err(|why| corrupt(&format!("entry {id}: {why}")))?,
-        });
-    }
-    Ok(out)
-}
-
-/// Builds a [`C2sEntry`] from XADD's field list; unknown fields are ignored
-/// so a newer writer can add some.
-fn parse_fields(fields: Vec<Value>) -> Result<C2sEntry, &'static str> {
-    let (mut uid, mut ct, mut body, mut at) = (None, None, None, None);
-    let mut it = fields.into_iter();
-    while let (Some(name), Some(value)) = (it.next(), it.next()) {
-        let Value::BulkString(value) = value else {
-            return Err("field value is not a string");
-        };
-        match as_text(&name) {
-            Some("uid") => uid = Some(String::from_utf8(value).map_err(|_| "uid is not UTF-8")?),
-            Some("ct") => ct = Some(String::from_utf8(value).map_err(|_| "ct is not UTF-8")?),
-            Some("body") => body = Some(Bytes::from(value)),
-            Some("at") => {
-                let text = std::str::from_utf8(&value).map_err(|_| "at is not a number")?;
-                at = Some(text.parse::<u64>().map_err(|_| "at is not a number")?);
-            }
-            _ => {}
-        }
-    }
-    Ok(C2sEntry {
-        uid: uid.ok_or("no uid field")?,
-        content_type: ct.ok_or("no ct field")?,
-        content: body.ok_or("no body field")?,
-        at_ms: at.ok_or("no at field")?,
-    })
-}
-
-fn as_text(v: &Value) -> Option<&str> {
-    match v {
-        Value::BulkString(b) => std::str::from_utf8(b).ok(),
-        Value::SimpleString(s) => Some(s),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,15 +438,5 @@ mod tests {
         let p = presence_key(AppCode(3), uid);
         assert_eq!(tag(&p), tag(&epoch_key(AppCode(3), uid)));
         assert_eq!(tag(&p), "3:x%7Dy%7Bz");
-    }
-
-    #[test]
-    fn corrupt_presence_values_are_errors_not_panics() {
-        for bad in [&b""[..], b"12", b"x|{}", b"1|not json", b"1|{}"] {
-            assert!(matches!(
-                parse_session("k", bad),
-                Err(StoreError::Corrupt(_))
-            ));
-        }
     }
 }

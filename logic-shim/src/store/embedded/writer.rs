@@ -2,8 +2,8 @@
 //! parent module's doc for why). It owns every write transaction; callers
 //! reach it only through [`Job`]s on a bounded channel.
 
-use super::{storage, C2S, C2S_META, EPOCHS, PRESENCE};
-use crate::store::{NewSession, SessionRecord, StoreError, StreamId};
+use super::{storage, C2S, C2S_META, EPOCHS, GATES, PRESENCE};
+use crate::store::{DevicePolicy, LoginOutcome, NewSession, SessionRecord, StoreError, StreamId};
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use tidegate_proto::now_ms;
 use tokio::sync::{mpsc, oneshot};
@@ -23,6 +23,13 @@ pub(super) enum Op {
         app: u16,
         uid: String,
         new: NewSession,
+        policy: DevicePolicy,
+    },
+    RenewGate {
+        gate_id: String,
+        shard: u32,
+        expires_ms: u64,
+        json: Vec<u8>,
     },
     RemoveSession {
         app: u16,
@@ -40,7 +47,8 @@ pub(super) enum Op {
 /// An op's result, sent only after its transaction committed.
 #[derive(Debug)]
 pub(super) enum Done {
-    Added(SessionRecord),
+    Added(LoginOutcome),
+    Renewed,
     Removed(bool),
     Appended(StreamId),
 }
@@ -110,6 +118,7 @@ fn commit_batch(db: &Database, batch: &mut Vec<Job>) {
 /// The tables of one write transaction.
 struct Tables<'txn> {
     presence: redb::Table<'txn, (u16, &'static str, &'static str), (u64, &'static [u8])>,
+    gates: redb::Table<'txn, (&'static str, u32), (u64, &'static [u8])>,
     epochs: redb::Table<'txn, (u16, &'static str), u64>,
     c2s: redb::Table<'txn, (&'static str, u64, u64), &'static [u8]>,
     meta: redb::Table<'txn, &'static str, (u64, u64, u64)>,
@@ -119,6 +128,7 @@ impl<'txn> Tables<'txn> {
     fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
         Ok(Tables {
             presence: txn.open_table(PRESENCE).map_err(storage)?,
+            gates: txn.open_table(GATES).map_err(storage)?,
             epochs: txn.open_table(EPOCHS).map_err(storage)?,
             c2s: txn.open_table(C2S).map_err(storage)?,
             meta: txn.open_table(C2S_META).map_err(storage)?,
@@ -129,7 +139,29 @@ impl<'txn> Tables<'txn> {
     /// refused before it wrote anything.
     fn apply(&mut self, op: &Op) -> Result<Result<Done, StoreError>, redb::Error> {
         Ok(match op {
-            Op::AddSession { app, uid, new } => self.add_session(*app, uid, new)?.map(Done::Added),
+            Op::AddSession {
+                app,
+                uid,
+                new,
+                policy,
+            } => self.add_session(*app, uid, new, *policy)?.map(Done::Added),
+            Op::RenewGate {
+                gate_id,
+                shard,
+                expires_ms,
+                json,
+            } => {
+                // Never shorten a lease another logic instance just extended.
+                let old = self
+                    .gates
+                    .get((gate_id.as_str(), *shard))?
+                    .map(|g| g.value().0);
+                if old.is_none_or(|old| old <= *expires_ms) {
+                    self.gates
+                        .insert((gate_id.as_str(), *shard), (*expires_ms, json.as_slice()))?;
+                }
+                Ok(Done::Renewed)
+            }
             Op::RemoveSession {
                 app,
                 uid,
@@ -149,7 +181,8 @@ impl<'txn> Tables<'txn> {
         app: u16,
         uid: &str,
         new: &NewSession,
-    ) -> Result<Result<SessionRecord, StoreError>, redb::Error> {
+        policy: DevicePolicy,
+    ) -> Result<Result<LoginOutcome, StoreError>, redb::Error> {
         let last = self.epochs.get((app, uid))?.map_or(0, |g| g.value());
         let Some(epoch) = last.checked_add(1) else {
             let why = format!("epoch of {app}:{uid} is at u64::MAX");
@@ -174,10 +207,44 @@ impl<'txn> Tables<'txn> {
             }
         };
         let field = new.key.to_string();
+        let mut kicked = Vec::new();
+        if policy != DevicePolicy::Multi {
+            let mut doomed = Vec::new();
+            for row in self.presence.range((app, uid, "")..)? {
+                let (key, value) = row?;
+                let (row_app, row_uid, row_field) = key.value();
+                if row_app != app || row_uid != uid {
+                    break;
+                }
+                if row_field == field {
+                    continue;
+                }
+                let (old_epoch, old_json) = value.value();
+                // An unreadable record is replaced under any policy but multi.
+                let old = serde_json::from_slice::<SessionRecord>(old_json).ok();
+                if old
+                    .as_ref()
+                    .is_none_or(|o| policy.replaces(&new.platform, o))
+                {
+                    doomed.push((
+                        row_field.to_string(),
+                        old.map(|mut o| {
+                            o.epoch = old_epoch;
+                            o
+                        }),
+                    ));
+                }
+            }
+            for (f, old) in doomed {
+                self.presence.remove((app, uid, f.as_str()))?;
+                kicked.extend(old);
+            }
+            kicked.sort_by_key(|s| s.epoch);
+        }
         self.epochs.insert((app, uid), epoch)?;
         self.presence
             .insert((app, uid, field.as_str()), (epoch, json.as_slice()))?;
-        Ok(Ok(record))
+        Ok(Ok(LoginOutcome { record, kicked }))
     }
 
     fn remove_session(
