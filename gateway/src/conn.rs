@@ -169,7 +169,28 @@ async fn flush(shard: &Shard, conn: &Conn, stream: &mut TcpStream) -> std::io::R
                 }
             }
         };
-        stream.write_all(&batch).await?;
+        // A client that stops reading must not pin this task in a write
+        // forever: a close request (slow consumer, kick, drain) wins.
+        let write = async { stream.write_all(&batch).await.map(|()| true) };
+        let closing = async { Ok(closing_requested(conn).await) };
+        if !futures_lite::future::or(write, closing).await? {
+            return Ok(());
+        }
         shard.metrics.bytes_out.increment(batch.len() as u64);
     }
+}
+
+/// Completes (with `false`) once the connection is asked to close.
+async fn closing_requested(conn: &Conn) -> bool {
+    std::future::poll_fn(|cx| loop {
+        if conn.closing.get().is_some() {
+            return Poll::Ready(false);
+        }
+        // Other wake-ups (more frames queued) are consumed here; the flush
+        // loop drains the whole queue after this write anyway.
+        if conn.wake.poll_wait(cx).is_pending() {
+            return Poll::Pending;
+        }
+    })
+    .await
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 /// A running `tidegate up`.
 pub struct Tidegate {
     child: Child,
+    /// Stdout lines printed after "ready".
+    pub lines: mpsc::Receiver<String>,
     /// Client TCP address.
     pub client: SocketAddr,
     /// Gateway admin (metrics) address.
@@ -39,6 +41,8 @@ impl Tidegate {
     pub fn up(backend: &Backend, extra_config: &str) -> Tidegate {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("tidegate.toml");
+        // `{dir}` in the config stands for this run's temporary directory.
+        let extra_config = extra_config.replace("{dir}", &dir.path().display().to_string());
         std::fs::write(&cfg, extra_config).expect("write config");
         let mut cmd = Command::new(BIN);
         cmd.arg("up")
@@ -93,11 +97,34 @@ impl Tidegate {
         }
         Tidegate {
             child,
+            lines: rx,
             client: client.expect("client addr in banner"),
             admin: admin.expect("admin addr in banner"),
             http: http.expect("http addr in banner"),
             _dir: dir,
         }
+    }
+
+    /// The process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit; its status code, or None on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let end = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The data directory (for writing a lists file).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     /// `http://<logic http>/<path>`.
@@ -121,6 +148,26 @@ impl Drop for Tidegate {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// A TCP connection to `target` from the loopback address `source`.
+pub async fn connect_from(
+    source: &str,
+    target: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source.parse().unwrap(), 0))?;
+    socket.connect(target).await
 }
 
 /// Mints a token with the real `tidegate token` command.
