@@ -80,17 +80,12 @@ impl Tidegate {
                     panic!("tidegate up did not print ready within 30 s");
                 }
             };
-            let addr = |l: &str| -> SocketAddr {
-                let a = l.split_whitespace().last().unwrap();
-                let a = a.trim_start_matches("http://").trim_end_matches("/metrics");
-                a.parse().unwrap()
-            };
-            if line.trim_start().starts_with("client tcp") {
-                client = Some(addr(&line));
-            } else if line.trim_start().starts_with("gateway admin") {
-                admin = Some(addr(&line));
-            } else if line.trim_start().starts_with("logic http") {
-                http = Some(addr(&line));
+            if let Some(a) = banner_addr(&line, "client tcp") {
+                client = Some(a);
+            } else if let Some(a) = banner_addr(&line, "gateway admin") {
+                admin = Some(a);
+            } else if let Some(a) = banner_addr(&line, "logic http") {
+                http = Some(a);
             } else if line == "ready" {
                 break;
             }
@@ -190,4 +185,89 @@ pub fn metric(text: &str, name: &str, label: &str) -> f64 {
         .filter(|l| l.starts_with(name) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Any `tidegate` subcommand as a child process, its stdout as lines.
+pub struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Starts `tidegate <args>`.
+    pub fn start(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tidegate");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// The first line (within `timeout`) for which `f` gives a value.
+    pub fn wait_line<T>(&self, timeout: Duration, mut f: impl FnMut(&str) -> Option<T>) -> T {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(v) = f(&line) {
+                        return v;
+                    }
+                }
+                Err(_) => panic!("no expected line within {timeout:?}"),
+            }
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for exit; the status code, or None on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let end = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address at the end of a banner line (`  logic link     127.0.0.1:7100`).
+pub fn banner_addr(line: &str, label: &str) -> Option<SocketAddr> {
+    let rest = line.trim_start().strip_prefix(label)?;
+    let a = rest.split_whitespace().last()?;
+    a.trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .ok()
+}
+
+/// A port nothing listens on right now (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }

@@ -1,0 +1,129 @@
+//! `tidegate gateway --workers K`: worker processes on one client port,
+//! supervised and restarted.
+
+mod common;
+
+use common::{banner_addr, free_port, signal, token, Proc};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tidegate_proto::client::{Client, ClientError};
+use tidegate_proto::AppCode;
+
+const APPS: &str = "[[apps]]\ncode = 1\nsecrets = [\"tidegate-dev-secret-app-1\"]\napi_key = \"tidegate-dev-api-key-app-1\"\n";
+
+fn worker_started(line: &str, index: usize) -> Option<u32> {
+    let rest = line.strip_prefix(&format!("worker {index} pid "))?;
+    rest.strip_suffix(" started")?.parse().ok()
+}
+
+async fn login(addr: SocketAddr, uid: &str) -> Result<Client, ClientError> {
+    let mut c = Client::connect(addr).await?;
+    c.login(AppCode(1), &token(1, uid), "d", "ios").await?;
+    Ok(c)
+}
+
+#[tokio::test]
+async fn a_killed_worker_is_restarted_and_its_clients_log_in_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tidegate.toml");
+    std::fs::write(&cfg, APPS).unwrap();
+    let cfg = cfg.display().to_string();
+    let data = dir.path().join("data").display().to_string();
+    let logic = Proc::start(&[
+        "logic",
+        "--config",
+        &cfg,
+        "--data",
+        &data,
+        "--link-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    let link = logic.wait_line(Duration::from_secs(30), |l| banner_addr(l, "logic link"));
+
+    let client_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut sup = Proc::start(&[
+        "gateway",
+        "--config",
+        &cfg,
+        "--workers",
+        "2",
+        "--shards",
+        "1",
+        "--logic",
+        &link.to_string(),
+        "--client-addr",
+        &client_addr.to_string(),
+        "--admin-addr",
+        &admin,
+    ]);
+    let mut pids = [0u32; 2];
+    sup.wait_line(Duration::from_secs(30), |l| {
+        for (i, pid) in pids.iter_mut().enumerate() {
+            if let Some(p) = worker_started(l, i) {
+                *pid = p;
+            }
+        }
+        (l == "ready").then_some(())
+    });
+    assert!(pids.iter().all(|p| *p != 0), "{pids:?}");
+
+    // Links come up right after the workers listen; retry briefly.
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut tries = 0;
+        loop {
+            match login(client_addr, &format!("u{i}")).await {
+                Ok(c) => break clients.push(c),
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("login u{i}: {e}"),
+            }
+        }
+    }
+
+    signal(pids[0], "KILL");
+    let restarted = sup.wait_line(Duration::from_secs(30), |l| worker_started(l, 0));
+    assert_ne!(restarted, pids[0]);
+
+    // Clients of the killed worker lost their connection; everyone can log
+    // in again (SO_REUSEPORT sends them to a live listener).
+    let mut lost = 0;
+    for (i, c) in clients.iter_mut().enumerate() {
+        if c.keepalive().await.is_ok() {
+            continue;
+        }
+        lost += 1;
+        let mut tries = 0;
+        *c = loop {
+            match login(client_addr, &format!("u{i}")).await {
+                Ok(c) => break c,
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("u{i} could not log in again: {e}"),
+            }
+        };
+    }
+    assert!(
+        lost > 0,
+        "SO_REUSEPORT should have given worker 0 some of 20 clients"
+    );
+    for c in &mut clients {
+        c.keepalive()
+            .await
+            .expect("every client has a live session again");
+    }
+
+    signal(sup.pid(), "TERM");
+    assert_eq!(
+        sup.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "supervisor drains and exits"
+    );
+}
