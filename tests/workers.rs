@@ -127,3 +127,64 @@ async fn a_killed_worker_is_restarted_and_its_clients_log_in_again() {
         "supervisor drains and exits"
     );
 }
+
+#[tokio::test]
+async fn without_logic_sessions_stay_up_and_new_logins_are_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tidegate.toml");
+    std::fs::write(&cfg, APPS).unwrap();
+    let cfg = cfg.display().to_string();
+    let data = dir.path().join("data").display().to_string();
+    let logic = Proc::start(&[
+        "logic",
+        "--config",
+        &cfg,
+        "--data",
+        &data,
+        "--link-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    let link = logic.wait_line(Duration::from_secs(30), |l| banner_addr(l, "logic link"));
+    let gw = Proc::start(&[
+        "gateway",
+        "--config",
+        &cfg,
+        "--logic",
+        &link.to_string(),
+        "--client-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]);
+    let client = gw.wait_line(Duration::from_secs(30), |l| banner_addr(l, "client tcp"));
+    let mut alice = {
+        let mut tries = 0;
+        loop {
+            match login(client, "alice").await {
+                Ok(c) => break c,
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("login: {e}"),
+            }
+        }
+    };
+
+    drop(logic); // SIGKILL: no goodbye on the link.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    alice
+        .keepalive()
+        .await
+        .expect("keepalives are answered by the gateway alone");
+    match login(client, "bob").await {
+        Err(ClientError::Server { code, .. }) => {
+            assert_eq!(code, tidegate_proto::ErrorCode::Unavailable.code())
+        }
+        Ok(_) => panic!("login without logic must fail"),
+        Err(e) => panic!("expected ERROR(unavailable), got {e}"),
+    }
+    alice.keepalive().await.expect("still up");
+}

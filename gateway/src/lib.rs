@@ -206,7 +206,8 @@ async fn run_shard(
 /// Accepts connections, refusing what the guard refuses and shaping the rate.
 async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
     loop {
-        if let Some(wait) = shard.accept_delay() {
+        // Loop: the token is only taken once one is there.
+        while let Some(wait) = shard.accept_delay() {
             glommio::timer::sleep(wait).await;
         }
         let stream = match listener.accept().await {
