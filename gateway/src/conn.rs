@@ -19,16 +19,26 @@ use std::task::Poll;
 use tidegate_proto::{Cmd, Frame, HEADER_LEN};
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: Option<SocketAddr>) {
+///
+/// A plain function returning an `async move` block rather than an `async
+/// fn`: an async fn copies its arguments into its state on first poll, which
+/// stored the 120-byte stream twice in every connection's task.
+pub fn serve(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    peer: Option<SocketAddr>,
+) -> impl std::future::Future<Output = ()> {
     let _ = stream.set_nodelay(true);
-    let (id, conn) = shard.open();
-    let reason = drive(&shard, &conn, &mut stream, peer).await;
-    shard.release(id, reason);
-    if let Some(ip) = peer.map(|p| p.ip()) {
-        // The accept loop admitted this IP; misbehaviour counts towards a ban.
-        shard.guard.release(ip);
-        if matches!(reason, CloseReason::BadFrame(_) | CloseReason::Throttled) {
-            shard.guard.violation(ip, reason.label());
+    async move {
+        let (id, conn) = shard.open();
+        let reason = drive(&shard, &conn, &mut stream, peer).await;
+        shard.release(id, reason);
+        if let Some(ip) = peer.map(|p| p.ip()) {
+            // The accept loop admitted this IP; misbehaviour counts towards a ban.
+            shard.guard.release(ip);
+            if matches!(reason, CloseReason::BadFrame(_) | CloseReason::Throttled) {
+                shard.guard.violation(ip, reason.label());
+            }
         }
     }
 }
@@ -47,7 +57,11 @@ async fn drive(
 ) -> CloseReason {
     let mut pending = BytesMut::new();
     loop {
-        if flush(shard, conn, stream).await.is_err() {
+        // Writing and rate-limit delays are boxed: an async fn is as large
+        // as its largest state, and an idle connection (the common case,
+        // a million of them) should only pay for the read wait below.
+        // Measured: 816 bytes per connection future before boxing.
+        if !conn.out.borrow().is_empty() && boxed(flush(shard, conn, stream)).await.is_err() {
             return CloseReason::Io;
         }
         if let Some(reason) = conn.closing.get() {
@@ -76,20 +90,18 @@ async fn drive(
             Err(_) => return CloseReason::Io,
             Ok(Event::Read(n)) => {
                 shard.metrics.bytes_in.increment(n as u64);
-                let mut stalled = decode_all(shard, conn, &mut pending, peer);
-                while let Some((frame, wait)) = stalled {
-                    // Over the rate limit with action "delay": answer what is
-                    // queued, stop reading until the bucket refills.
-                    if flush(shard, conn, stream).await.is_err() {
+                if let Some(stalled) = decode_all(shard, conn, &mut pending, peer) {
+                    let delayed = boxed(ride_out_delays(
+                        shard,
+                        conn,
+                        stream,
+                        &mut pending,
+                        peer,
+                        stalled,
+                    ));
+                    if delayed.await.is_err() {
                         return CloseReason::Io;
                     }
-                    glommio::timer::sleep(wait).await;
-                    if let Verdict::Delay(w) = shard.admit_frame(conn, frame_len(&frame)) {
-                        stalled = Some((frame, w));
-                        continue;
-                    }
-                    handle(shard, conn, &frame, peer);
-                    stalled = decode_all(shard, conn, &mut pending, peer);
                 }
                 if pending.is_empty() {
                     // Give the allocation back: an idle connection holds no buffer.
@@ -98,6 +110,39 @@ async fn drive(
             }
         }
     }
+}
+
+/// Moves a future to the heap from a plain function, so the caller's state
+/// machine holds a pointer, not room for the future (rustc reserves room for
+/// a future built inline in an async fn even when it is boxed there).
+fn boxed<'a, T>(
+    f: impl std::future::Future<Output = T> + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>> {
+    Box::pin(f)
+}
+
+/// Over the rate limit with action "delay": answers what is queued, stops
+/// reading until the bucket refills, then goes on decoding.
+async fn ride_out_delays(
+    shard: &Shard,
+    conn: &Conn,
+    stream: &mut TcpStream,
+    pending: &mut BytesMut,
+    peer: Option<SocketAddr>,
+    first: (Frame, std::time::Duration),
+) -> std::io::Result<()> {
+    let mut stalled = Some(first);
+    while let Some((frame, wait)) = stalled {
+        flush(shard, conn, stream).await?;
+        glommio::timer::sleep(wait).await;
+        if let Verdict::Delay(w) = shard.admit_frame(conn, frame_len(&frame)) {
+            stalled = Some((frame, w));
+            continue;
+        }
+        handle(shard, conn, &frame, peer);
+        stalled = decode_all(shard, conn, pending, peer);
+    }
+    Ok(())
 }
 
 /// Hands every complete frame in `pending` to the session, within the
@@ -193,4 +238,42 @@ async fn closing_requested(conn: &Conn) -> bool {
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GatewayConfig;
+    use crate::guard::Guard;
+    use std::sync::Arc;
+
+    fn size_of_future<F: std::future::Future>(_: &F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// The task of an idle connection is this future plus glommio's task
+    /// header: it is most of the gateway's per-connection memory.
+    #[test]
+    fn connection_future_fits_its_budget() {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(64 * 1024)
+            .make()
+            .unwrap()
+            .run(async {
+                let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let stream = glommio::net::TcpStream::connect(addr).await.unwrap();
+                let guard = Arc::new(Guard::new(Default::default()).unwrap());
+                let shard = Rc::new(Shard::new(
+                    0,
+                    Rc::from("g"),
+                    GatewayConfig::default(),
+                    guard,
+                ));
+                let fut = serve(shard, stream, None);
+                let size = size_of_future(&fut);
+                // Measured 816 before the boxing and capture changes above.
+                assert!(size <= 448, "serve future is {size} bytes");
+            });
+    }
 }
