@@ -389,3 +389,49 @@ async fn accepts_are_shaped_to_the_configured_rate() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn drop_oldest_keeps_a_slow_reader_connected_with_a_bounded_queue() {
+    let tg = Tidegate::up(
+        &Backend::Embedded,
+        "[gateway]\nmax_outbound_frames = 16\n[gateway.flow]\nslow_consumer = \"drop_oldest\"\n",
+    );
+    let mut sloth = logged_in(&tg, "sloth").await;
+    let http = reqwest::Client::new();
+    let content = "x".repeat(60_000);
+    let mut pushed = 0;
+    while pushed < 400 {
+        http.post(tg.url("/v1/push"))
+            .bearer_auth(DEV_API_KEY)
+            .json(&json!({"app": 1, "to": "sloth", "content": content}))
+            .send()
+            .await
+            .unwrap();
+        pushed += 1;
+        let m = tg.gateway_metrics().await;
+        if metric(&m, "tidegate_gateway_queue_full_total", "drop_oldest") >= 10.0 {
+            break;
+        }
+    }
+    let m = tg.gateway_metrics().await;
+    assert!(
+        metric(&m, "tidegate_gateway_queue_full_total", "drop_oldest") >= 10.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "tidegate_gateway_closed_total", "slow_consumer"),
+        0.0
+    );
+    // The reader wakes up: it gets fewer pushes than were sent, then its
+    // keepalive reply — the connection survived.
+    sloth.keepalive().await.expect("still connected");
+    let mut received = 0;
+    while let Ok(Ok(f)) = timeout(Duration::from_millis(300), sloth.recv()).await {
+        assert_eq!(f.header.cmd, Cmd::S2c);
+        received += 1;
+    }
+    assert!(
+        received < pushed,
+        "received {received} of {pushed}: the oldest were dropped"
+    );
+}

@@ -5,6 +5,8 @@
 use crate::guard::Guard;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tidegate_proto::Cmd;
@@ -28,6 +30,21 @@ pub struct ShardMetrics {
     pub stale_deliveries: Counter,
     /// Logic link round trip (ping → pong), seconds.
     pub link_rtt: Histogram,
+    /// Frames and bytes by cmd, resolved on first use per shard so the hot
+    /// path does one small-map lookup, not a registry lookup.
+    by_cmd: RefCell<HashMap<(Cmd, Direction), CmdCounters>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Direction {
+    In,
+    Out,
+}
+
+#[derive(Clone)]
+struct CmdCounters {
+    frames: Counter,
+    bytes: Counter,
 }
 
 impl ShardMetrics {
@@ -43,13 +60,41 @@ impl ShardMetrics {
             delivered: counter!("tidegate_gateway_delivered_total", "shard" => s.clone()),
             stale_deliveries: counter!("tidegate_gateway_stale_deliveries_total", "shard" => s.clone()),
             link_rtt: histogram!("tidegate_gateway_link_rtt_seconds", "shard" => s),
+            by_cmd: RefCell::new(HashMap::new()),
         }
     }
-}
 
-/// Counts a frame received from a client.
-pub fn frame_in(cmd: Cmd) {
-    counter!("tidegate_gateway_frames_in_total", "cmd" => cmd.name()).increment(1);
+    /// Counts a frame received from a client.
+    pub fn frame_in(&self, cmd: Cmd, len: usize) {
+        self.count(cmd, Direction::In, len);
+    }
+
+    /// Counts a frame queued for a client.
+    pub fn frame_out(&self, cmd: Cmd, len: usize) {
+        self.count(cmd, Direction::Out, len);
+    }
+
+    fn count(&self, cmd: Cmd, dir: Direction, len: usize) {
+        let mut map = self.by_cmd.borrow_mut();
+        let c = map.entry((cmd, dir)).or_insert_with(|| {
+            let (frames, bytes) = match dir {
+                Direction::In => (
+                    "tidegate_gateway_frames_in_total",
+                    "tidegate_gateway_frame_bytes_in_total",
+                ),
+                Direction::Out => (
+                    "tidegate_gateway_frames_out_total",
+                    "tidegate_gateway_frame_bytes_out_total",
+                ),
+            };
+            CmdCounters {
+                frames: counter!(frames, "cmd" => cmd.name()),
+                bytes: counter!(bytes, "cmd" => cmd.name()),
+            }
+        });
+        c.frames.increment(1);
+        c.bytes.increment(len as u64);
+    }
 }
 
 /// Counts bytes that failed to decode, by reason.

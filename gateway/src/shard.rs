@@ -171,7 +171,10 @@ impl Shard {
 
     /// Handles one frame from a client.
     pub fn handle_frame(&self, conn: &Conn, frame: &Frame, peer: &str) {
-        metrics::frame_in(frame.header.cmd);
+        self.metrics.frame_in(
+            frame.header.cmd,
+            tidegate_proto::HEADER_LEN + frame.body.len(),
+        );
         let h = &frame.header;
         if h.cmd == Cmd::Login && self.guard.app_denied(h.appcode.0) {
             metrics::rejected("app_denied");
@@ -239,18 +242,27 @@ impl Shard {
     pub fn enqueue(&self, conn: &Conn, frame: Bytes) {
         let mut out = conn.out.borrow_mut();
         if out.len() >= self.cfg.max_outbound_frames {
-            match self.cfg.flow.slow_consumer {
-                SlowConsumer::DropOldest => {
+            // Only pushes are expendable: replies and ERRORs answer requests
+            // the client waits for. A queue full of those still disconnects.
+            let oldest_push = match self.cfg.flow.slow_consumer {
+                SlowConsumer::DropOldest => out.iter().position(|f| frame_cmd(f) == Some(Cmd::S2c)),
+                SlowConsumer::Disconnect => None,
+            };
+            match oldest_push {
+                Some(i) => {
                     metrics::queue_drop("drop_oldest");
-                    out.pop_front();
+                    out.remove(i);
                 }
-                SlowConsumer::Disconnect => {
+                None => {
                     metrics::queue_drop("disconnect");
                     drop(out);
                     conn.close(CloseReason::SlowConsumer);
                     return;
                 }
             }
+        }
+        if let Some(cmd) = frame_cmd(&frame) {
+            self.metrics.frame_out(cmd, frame.len());
         }
         out.push_back(frame);
         drop(out);
@@ -546,8 +558,14 @@ impl Shard {
     }
 }
 
+/// The command of an encoded frame.
+fn frame_cmd(frame: &[u8]) -> Option<Cmd> {
+    frame
+        .get(4..6)
+        .and_then(|b| Cmd::from_u16(u16::from_be_bytes([b[0], b[1]])))
+}
+
 /// Whether a link frame is a request logic answers (and so counts in flight).
 fn expects_reply(frame: &Bytes) -> bool {
-    let cmd = frame.get(4..6).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    cmd == Some(Cmd::LinkLogin.code()) || cmd == Some(Cmd::LinkC2s.code())
+    matches!(frame_cmd(frame), Some(Cmd::LinkLogin | Cmd::LinkC2s))
 }
