@@ -282,14 +282,21 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
 /// SIGTERM: stop accepting, KICKOUT(draining) everyone, wait for them to go
 /// (at most the drain timeout), then return.
 async fn drain_gateway(gw: Gateway, timeout_s: u32) {
-    println!("tidegate: draining (up to {timeout_s} s)");
+    say(&format!("tidegate: draining (up to {timeout_s} s)"));
     gw.drain();
     let joined = tokio::task::spawn_blocking(move || gw.join());
     let limit = std::time::Duration::from_secs(u64::from(timeout_s) + 2);
     match tokio::time::timeout(limit, joined).await {
-        Ok(_) => println!("tidegate: drained"),
-        Err(_) => println!("tidegate: drain timed out"),
+        Ok(_) => say("tidegate: drained"),
+        Err(_) => say("tidegate: drain timed out"),
     }
+}
+
+/// Prints a status line, ignoring a closed stdout (a worker whose
+/// supervisor died still drains; `println!` would panic on the dead pipe).
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 /// The address a local client should dial for `bound` (0.0.0.0 → 127.0.0.1).

@@ -15,8 +15,16 @@ use tidegate_gateway::GatewayConfig;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
-/// Gives worker `i` its own gate id and admin port.
+/// Gives worker `i` its own gate id and admin port, and ties its life to
+/// the supervisor's.
 pub fn configure_worker(cfg: &mut GatewayConfig, i: usize) {
+    // A supervisor killed outright (SIGKILL, OOM) must not leave orphan
+    // workers holding the client port: the kernel sends them SIGTERM, and
+    // they drain like on any SIGTERM.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and no pointers.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+    }
     // The default gate id already holds the worker's pid; a configured one
     // gets the index so workers never share a gate id.
     if let Some(id) = &cfg.gate_id {

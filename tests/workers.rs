@@ -188,3 +188,61 @@ async fn without_logic_sessions_stay_up_and_new_logins_are_unavailable() {
     }
     alice.keepalive().await.expect("still up");
 }
+
+#[tokio::test]
+async fn a_worker_near_its_descriptor_limit_hands_new_connections_to_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tidegate.toml");
+    // Each worker stops accepting at 160 - 40 = 120 clients and resumes at 100.
+    std::fs::write(
+        &cfg,
+        format!("[gateway]\nfd_reserve = 40\nfd_low_water_gap = 20\n{APPS}"),
+    )
+    .unwrap();
+    let cfg = cfg.display().to_string();
+    let data = dir.path().join("data").display().to_string();
+    let logic = Proc::start(&[
+        "logic",
+        "--config",
+        &cfg,
+        "--data",
+        &data,
+        "--link-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    let link = logic.wait_line(Duration::from_secs(30), |l| banner_addr(l, "logic link"));
+    let client_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let script = format!(
+        "ulimit -n 160 && exec {} gateway --config {cfg} --workers 2 --shards 1 --logic {link} --client-addr {client_addr} --admin-addr {admin}",
+        common::BIN
+    );
+    let sup = Proc::start_shell(&script);
+    sup.wait_line(Duration::from_secs(30), |l| (l == "ready").then_some(()));
+
+    // 200 clients: more than one worker may hold, fewer than two.
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let mut tries = 0;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), login(client_addr, &format!("f{i}")))
+                .await
+            {
+                Ok(Ok(c)) => break clients.push(c),
+                _ if tries < 30 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => panic!("client {i} never got in: {:?}", other.map(|r| r.map(drop))),
+            }
+        }
+        if i % 50 == 0 {
+            eprintln!("{i} clients in");
+        }
+    }
+    for c in &mut clients {
+        c.keepalive().await.expect("every client is served");
+    }
+}

@@ -34,6 +34,11 @@ pub struct GatewayConfig {
     pub ring_depth: usize,
     /// Seconds SIGTERM waits for clients to leave after KICKOUT(draining).
     pub drain_timeout_s: u32,
+    /// Descriptors kept free for links, listeners and files: listeners
+    /// close when client connections reach the open-files limit minus this.
+    pub fd_reserve: usize,
+    /// Listeners reopen once client connections are this far below that mark.
+    pub fd_low_water_gap: usize,
     /// Bearer key for the admin API's write calls; unset = loopback-only trust.
     pub admin_key: Option<String>,
     /// `[gateway.flow]`: rate limits and queues.
@@ -158,6 +163,8 @@ impl Default for GatewayConfig {
             io_memory_kib: 512,
             ring_depth: 256,
             drain_timeout_s: 10,
+            fd_reserve: 256,
+            fd_low_water_gap: 1024,
             admin_key: None,
             flow: FlowConfig::default(),
             guard: GuardConfig::default(),
@@ -226,6 +233,12 @@ impl GatewayConfig {
         )?;
         check(self.shards <= 1024, "gateway.shards", || {
             format!("{} is above the maximum 1024", self.shards)
+        })?;
+        check(self.fd_reserve >= 16, "gateway.fd_reserve", || {
+            format!(
+                "{} is below the minimum 16 (links, listeners and files need descriptors)",
+                self.fd_reserve
+            )
         })?;
         let f = &self.flow;
         check(

@@ -264,11 +264,13 @@ mod tests {
                 let addr = listener.local_addr().unwrap();
                 let stream = glommio::net::TcpStream::connect(addr).await.unwrap();
                 let guard = Arc::new(Guard::new(Default::default()).unwrap());
+                let fds = Arc::new(crate::fdlimit::FdBudget::new(1024, 16, 16));
                 let shard = Rc::new(Shard::new(
                     0,
                     Rc::from("g"),
                     GatewayConfig::default(),
                     guard,
+                    fds,
                 ));
                 let fut = serve(shard, stream, None);
                 let size = size_of_future(&fut);

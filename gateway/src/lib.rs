@@ -14,6 +14,7 @@
 mod admin;
 pub mod config;
 mod conn;
+mod fdlimit;
 mod flow;
 pub mod guard;
 mod link;
@@ -27,10 +28,12 @@ mod wheel;
 pub use config::{ConfigError, GatewayConfig};
 
 use anyhow::Context;
+use fdlimit::FdBudget;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use guard::Guard;
 use metrics_exporter_prometheus::PrometheusHandle;
 use shard::Shard;
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +66,7 @@ impl Gateway {
         let guard =
             Arc::new(Guard::new(cfg.guard.clone()).map_err(|e| anyhow::anyhow!("config: {e}"))?);
         let draining = Arc::new(AtomicBool::new(false));
+        let fds = Arc::new(FdBudget::from_rlimit(cfg.fd_reserve, cfg.fd_low_water_gap));
         let admin = metrics::Admin {
             prom,
             guard: guard.clone(),
@@ -80,12 +84,14 @@ impl Gateway {
             // Shard 0 may bind port 0; the others then join the port it got.
             shard_cfg.client_addr = client_addr;
             let gate = gate_id.clone();
-            let (guard, draining) = (guard.clone(), draining.clone());
+            let (guard, draining, fds) = (guard.clone(), draining.clone(), fds.clone());
             let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
                 .name(&format!("gate-shard-{id}"))
                 .io_memory(cfg.io_memory_kib * 1024)
                 .ring_depth(cfg.ring_depth)
-                .spawn(move || run_shard(id as u32, gate, shard_cfg, guard, draining, ready_tx))
+                .spawn(move || {
+                    run_shard(id as u32, gate, shard_cfg, guard, fds, draining, ready_tx)
+                })
                 .map_err(|e| anyhow::anyhow!("starting shard {id}: {e}"))?;
             executors.push(handle);
             let bound = ready_rx
@@ -150,6 +156,7 @@ async fn run_shard(
     gate_id: String,
     cfg: GatewayConfig,
     guard: Arc<Guard>,
+    fds: Arc<FdBudget>,
     draining: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<SocketAddr, String>>,
 ) {
@@ -168,12 +175,13 @@ async fn run_shard(
     if let Ok(addr) = bound {
         cfg.client_addr = addr;
     }
-    let shard = Rc::new(Shard::new(id, Rc::from(gate_id), cfg, guard));
+    let shard = Rc::new(Shard::new(id, Rc::from(gate_id), cfg, guard, fds));
 
     for idx in 0..shard.links.len() {
         glommio::spawn_local(link::run(shard.clone(), idx)).detach();
     }
-    let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
+    let listening = Rc::new(Cell::new(true));
+    let mut acceptor = spawn_acceptor(shard.clone(), listener, listening.clone());
 
     let mut drain_deadline: Option<Instant> = None;
     loop {
@@ -183,6 +191,18 @@ async fn run_shard(
             link.check_liveness();
         }
         shard.heartbeat_if_due();
+        if drain_deadline.is_none() && !listening.get() && shard.fds.recovered() {
+            // Below the low-water mark again: rejoin the SO_REUSEPORT group.
+            match glommio::net::TcpListener::bind(shard.cfg.client_addr) {
+                Ok(l) => {
+                    metrics::link_event("listener_resumed");
+                    tracing::info!(shard = id, "descriptors recovered; listening again");
+                    listening.set(true);
+                    acceptor = spawn_acceptor(shard.clone(), l, listening.clone());
+                }
+                Err(e) => tracing::warn!(shard = id, "re-listen: {e}"),
+            }
+        }
         match drain_deadline {
             None if draining.load(Ordering::Acquire) => {
                 // Dropping the accept task closes this shard's listener; the
@@ -203,9 +223,33 @@ async fn run_shard(
     }
 }
 
-/// Accepts connections, refusing what the guard refuses and shaping the rate.
+/// Runs the accept loop; `listening` goes false when it gives up its listener.
+fn spawn_acceptor(
+    shard: Rc<Shard>,
+    listener: glommio::net::TcpListener,
+    listening: Rc<Cell<bool>>,
+) -> glommio::task::JoinHandle<()> {
+    glommio::spawn_local(async move {
+        accept_loop(shard, listener).await;
+        listening.set(false);
+    })
+    .detach()
+}
+
+/// Accepts connections, refusing what the guard refuses and shaping the
+/// rate. Returns, dropping (closing) the listener, when the process's
+/// descriptors run low, so the kernel sends new connections to other workers.
 async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
     loop {
+        if shard.fds.exhausted() {
+            metrics::link_event("listener_paused");
+            tracing::warn!(
+                shard = shard.id,
+                high = shard.fds.high(),
+                "near the open-files limit; closing the listener"
+            );
+            return;
+        }
         // Loop: the token is only taken once one is there.
         while let Some(wait) = shard.accept_delay() {
             glommio::timer::sleep(wait).await;
@@ -213,10 +257,15 @@ async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning on a
-                // listener whose backlog we cannot drain right now.
                 metrics::rejected("accept_error");
                 tracing::warn!(shard = shard.id, "accept: {e}");
+                if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE)
+                {
+                    // Out of descriptors despite the budget (other files):
+                    // leave the group rather than strand the backlog.
+                    return;
+                }
+                // Anything else: back off instead of spinning.
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }

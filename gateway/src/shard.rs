@@ -4,6 +4,7 @@
 //! call into the shard; no `RefCell` borrow is held across an `.await`.
 
 use crate::config::{GatewayConfig, SlowConsumer};
+use crate::fdlimit::FdBudget;
 use crate::flow::{Bucket, Flow, Verdict};
 use crate::guard::Guard;
 use crate::link::Link;
@@ -45,6 +46,8 @@ pub struct Shard {
     pub read_buf: RefCell<Vec<u8>>,
     /// Lists, bans and per-IP caps of this gate process.
     pub guard: Arc<Guard>,
+    /// The process's descriptor budget, shared by its shards.
+    pub fds: Arc<FdBudget>,
     /// The guard's list version this shard last checked sessions against.
     lists_version: Cell<u64>,
     accept_bucket: Cell<Bucket>,
@@ -54,7 +57,13 @@ pub struct Shard {
 
 impl Shard {
     /// A shard with no connections yet.
-    pub fn new(id: u32, gate_id: Rc<str>, cfg: GatewayConfig, guard: Arc<Guard>) -> Shard {
+    pub fn new(
+        id: u32,
+        gate_id: Rc<str>,
+        cfg: GatewayConfig,
+        guard: Arc<Guard>,
+        fds: Arc<FdBudget>,
+    ) -> Shard {
         let links = cfg.logic.iter().map(|a| Rc::new(Link::new(*a))).collect();
         let horizon = cfg.idle_timeout_s.max(cfg.auth_timeout_s) + 2;
         Shard {
@@ -69,6 +78,7 @@ impl Shard {
             read_buf: RefCell::new(vec![0; READ_BUF]),
             lists_version: Cell::new(guard.version()),
             guard,
+            fds,
             accept_bucket: Cell::new(Bucket::full(cfg.flow.accept_burst, 0)),
             heartbeat: Default::default(),
             cfg,
@@ -117,6 +127,7 @@ impl Shard {
         self.wheel.borrow_mut().insert(id, deadline);
         self.metrics.accepted.increment(1);
         self.metrics.connections.increment(1.0);
+        self.fds.acquire();
         (id, conn)
     }
 
@@ -127,6 +138,7 @@ impl Shard {
             return;
         };
         self.metrics.connections.decrement(1.0);
+        self.fds.release();
         metrics::closed(reason.label());
         let session = conn.session.borrow();
         if let Some(notice) = session.closed_notice() {

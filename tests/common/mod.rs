@@ -196,8 +196,20 @@ pub struct Proc {
 impl Proc {
     /// Starts `tidegate <args>`.
     pub fn start(args: &[&str]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        Proc::spawn(cmd)
+    }
+
+    /// Starts a shell command line (to set limits before `exec tidegate`).
+    pub fn start_shell(script: &str) -> Proc {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        Proc::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
