@@ -22,6 +22,8 @@ use tokio::time::timeout;
 const APP: AppCode = AppCode(1);
 const OTHER_APP: AppCode = AppCode(2);
 const MT: MsgType = MsgType(7);
+/// The incarnation of every test gate process unless a case says otherwise.
+const INC: u64 = 0x5eed;
 /// Redis's `MAXLEN ~` drops only whole stream nodes (`stream-node-max-entries`,
 /// 100 by default), so a trimmed stream may hold up to this many extra entries.
 const TRIM_SLACK: usize = 100;
@@ -75,6 +77,8 @@ macro_rules! every_case {
                 concurrent_appends_get_unique_ids,
                 zero_max_len_is_bad_input,
                 sessions_of_expired_gates_read_offline_and_are_cleaned,
+                restarted_gate_sessions_read_offline_and_are_cleaned,
+                directory_counts_only_the_current_incarnation,
                 single_device_policy_kicks_every_other_session,
                 per_platform_policy_kicks_only_the_same_platform,
                 concurrent_single_device_logins_leave_exactly_one,
@@ -158,6 +162,7 @@ fn status(gate: &str, shard: u32, connections: u64) -> GateShardStatus {
         draining: false,
         client_addr: format!("10.0.0.1:{}", 7000 + shard),
         http_addr: String::new(),
+        incarnation: INC,
     }
 }
 
@@ -204,6 +209,7 @@ fn login(key: SessionKey, device: &str) -> NewSession {
         device: device.into(),
         platform: "android".into(),
         since_ms: 1_700_000_000_000,
+        incarnation: INC,
     }
 }
 
@@ -321,6 +327,7 @@ async fn add_then_sessions_returns_the_record(store: Arc<dyn Store>) {
         device: "pixel".into(),
         platform: "android".into(),
         since_ms: 1_234_567,
+        incarnation: INC,
     };
     let rec = store
         .add_session_multi(APP, "carol", new.clone())
@@ -464,6 +471,7 @@ fn on(gate: &str, conn: u64, platform: &str) -> NewSession {
         device: format!("{platform}-{conn}"),
         platform: platform.into(),
         since_ms: 1,
+        incarnation: INC,
     }
 }
 
@@ -506,6 +514,91 @@ async fn sessions_of_expired_gates_read_offline_and_are_cleaned(store: Arc<dyn S
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(cleaned, "expired gate's session still in presence");
+}
+
+fn incarnated(gate: &str, incarnation: u64) -> GateShardStatus {
+    GateShardStatus {
+        incarnation,
+        ..status(gate, 0, 1)
+    }
+}
+
+/// A gate restarted under the same id before its lease ended: the old
+/// process's sessions read as offline at once (the lease now carries the new
+/// incarnation), even though a new connection reuses the same conn id, and
+/// they are removed lazily so the old incarnation never resurrects them.
+async fn restarted_gate_sessions_read_offline_and_are_cleaned(store: Arc<dyn Store>) {
+    store
+        .renew_gate(&incarnated("re", 1), 600_000)
+        .await
+        .unwrap();
+    let old = NewSession {
+        incarnation: 1,
+        ..login(key("re", 0, 5), "d")
+    };
+    let stale = store.add_session_multi(APP, "ivy", old).await.unwrap();
+    assert_eq!(store.sessions(APP, "ivy").await.unwrap(), vec![stale]);
+
+    store
+        .renew_gate(&incarnated("re", 2), 600_000)
+        .await
+        .unwrap();
+    assert!(store.sessions(APP, "ivy").await.unwrap().is_empty());
+    // Another user on the same (slot, generation) of the new process.
+    let new = NewSession {
+        incarnation: 2,
+        ..login(key("re", 0, 5), "d")
+    };
+    let fresh = store.add_session_multi(APP, "jon", new).await.unwrap();
+    let both = store
+        .sessions_many(APP, &["ivy".into(), "jon".into()])
+        .await
+        .unwrap();
+    assert_eq!(both, vec![vec![], vec![fresh]]);
+
+    // Cleaned lazily: even the old incarnation's lease back would not show it.
+    let mut cleaned = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        store
+            .renew_gate(&incarnated("re", 1), 600_000)
+            .await
+            .unwrap();
+        let ivy = store.sessions(APP, "ivy").await.unwrap();
+        store
+            .renew_gate(&incarnated("re", 2), 600_000)
+            .await
+            .unwrap();
+        if ivy.is_empty() {
+            cleaned = true;
+            break;
+        }
+        let _ = store.sessions(APP, "ivy").await.unwrap();
+    }
+    assert!(cleaned, "old incarnation's session still in presence");
+}
+
+/// The directory sums only the shards of the newest incarnation: shards the
+/// old process had and the new one has not yet renewed are not counted.
+async fn directory_counts_only_the_current_incarnation(store: Arc<dyn Store>) {
+    let shard = |n: u32, conns: u64, incarnation: u64| GateShardStatus {
+        incarnation,
+        ..status("rd", n, conns)
+    };
+    store.renew_gate(&shard(0, 3, 7), 60_000).await.unwrap();
+    store.renew_gate(&shard(1, 4, 7), 60_000).await.unwrap();
+    let find = |gates: Vec<tidegate_logic::store::GateInfo>| {
+        gates
+            .into_iter()
+            .find(|g| g.gate_id == "rd")
+            .expect("rd live")
+    };
+    let before = find(store.live_gates().await.unwrap());
+    assert_eq!((before.connections, before.incarnation), (7, 7));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.renew_gate(&shard(0, 1, 8), 60_000).await.unwrap();
+    let after = find(store.live_gates().await.unwrap());
+    assert_eq!((after.connections, after.incarnation), (1, 8));
 }
 
 async fn single_device_policy_kicks_every_other_session(store: Arc<dyn Store>) {
