@@ -1,6 +1,7 @@
-//! Starts the real `tidegate` binary for end-to-end tests. Every listener is
-//! bound to port 0 and read back from the banner, so tests never race for
-//! ports and never depend on each other.
+//! Starts the real `tidegate` binary for end-to-end tests: `tidegate up`, or
+//! `tidegate logic` and `tidegate gateway` as separate processes (so a test
+//! can `kill -9` one). Every listener is bound to port 0 and read back from
+//! the banner, so tests never race for ports and never depend on each other.
 
 #![allow(dead_code)]
 
@@ -143,4 +144,179 @@ pub fn metric(text: &str, name: &str, label: &str) -> f64 {
         .filter(|l| l.starts_with(name) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Waits for `ready` on the child's stdout; returns the banner's
+/// `(label, address)` lines. Keeps draining stdout afterwards so the child
+/// never blocks on a full pipe. Kills the child and panics after 30 s.
+fn read_banner(child: &mut Child, what: &str) -> Vec<(String, SocketAddr)> {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut out = Vec::new();
+    loop {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!("{what} did not print ready within 30 s");
+        };
+        if line == "ready" {
+            return out;
+        }
+        let Some(last) = line.split_whitespace().last() else {
+            continue;
+        };
+        let addr = last
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics");
+        if let Ok(a) = addr.parse() {
+            let label = line
+                .trim()
+                .rsplit_once(char::is_whitespace)
+                .map_or("", |p| p.0);
+            out.push((label.trim().to_string(), a));
+        }
+    }
+}
+
+fn banner_addr(banner: &[(String, SocketAddr)], label: &str) -> SocketAddr {
+    banner
+        .iter()
+        .find(|(l, _)| l == label)
+        .unwrap_or_else(|| panic!("{label:?} not in banner {banner:?}"))
+        .1
+}
+
+/// A running `tidegate logic`.
+pub struct LogicProc {
+    child: Child,
+    /// Where gateways link.
+    pub link: SocketAddr,
+    /// HTTP API.
+    pub http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl LogicProc {
+    /// `tidegate logic` on `backend` with this TOML config.
+    pub fn start(backend: &Backend, config: &str) -> LogicProc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("logic.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("logic")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--link-addr", "127.0.0.1:0"])
+            .args(["--http-addr", "127.0.0.1:0"]);
+        match backend {
+            Backend::Embedded => cmd.arg("--data").arg(dir.path().join("data")),
+            Backend::Redis(url) => cmd.args(["--redis", url]),
+        };
+        let mut child = cmd
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tidegate logic");
+        let banner = read_banner(&mut child, "tidegate logic");
+        LogicProc {
+            link: banner_addr(&banner, "logic link"),
+            http: banner_addr(&banner, "logic http"),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// `http://<logic http>/<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+}
+
+impl Drop for LogicProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `tidegate gateway` (one shard).
+pub struct GatewayProc {
+    child: Child,
+    /// Client TCP address.
+    pub client: SocketAddr,
+    /// Admin (metrics) address.
+    pub admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProc {
+    /// `tidegate gateway --logic <link>` with this TOML config (e.g. a
+    /// `[gateway] gate_id`). Its links come up after `ready`: use
+    /// [`GatewayProc::login`], which retries while logic is not linked yet.
+    pub fn start(logic_link: SocketAddr, config: &str) -> GatewayProc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("gateway.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let mut child = Command::new(BIN)
+            .arg("gateway")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--logic", &logic_link.to_string()])
+            .args(["--client-addr", "127.0.0.1:0"])
+            .args(["--admin-addr", "127.0.0.1:0"])
+            .args(["--shards", "1"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tidegate gateway");
+        let banner = read_banner(&mut child, "tidegate gateway");
+        GatewayProc {
+            client: banner_addr(&banner, "client tcp"),
+            admin: banner_addr(&banner, "gateway admin"),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// Logs `uid` of app 1 in, retrying for up to 10 s while the gateway's
+    /// link to logic comes up (logins answer UNAVAILABLE until then).
+    pub async fn login(&self, uid: &str) -> tidegate_proto::client::Client {
+        let tok = token(1, uid);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut c = tidegate_proto::client::Client::connect(self.client)
+                .await
+                .expect("connect gateway");
+            match c
+                .login(tidegate_proto::AppCode(1), &tok, "dev", "android")
+                .await
+            {
+                Ok(_) => return c,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("login {uid} through the gateway: {e:?}"),
+            }
+        }
+    }
+
+    /// `kill -9`: no drain, no close notices, no goodbye to logic.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL gateway");
+        self.child.wait().expect("reap gateway");
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
