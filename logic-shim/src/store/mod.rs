@@ -1,6 +1,6 @@
 //! The `Store`: everything the logic shim remembers lives behind this trait, so
 //! the shim itself stays stateless (ARCHITECTURE §2). Two backends pass one
-//! conformance suite (`tests/store_conformance.rs`): Redis for production
+//! conformance suite (`tests/conformance/`): Redis for production
 //! (`redis.rs`) and an embedded durable file for a single node (`embedded.rs`).
 
 pub mod embedded;
