@@ -14,7 +14,7 @@ use tidegate_logic::testkit::RedisServer;
 use tokio::time::timeout;
 
 /// Short enough to keep the test fast, long enough for 2 shared cores.
-const LEASE_MS: u64 = 1_500;
+const LEASE_MS: u64 = 3_000;
 
 fn logic_config(lease_ms: u64) -> String {
     format!(
