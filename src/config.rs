@@ -57,6 +57,7 @@ pub fn dev_app() -> AppConfig {
         api_key: DEV_API_KEY.into(),
         c2s_max_len: None,
         device_policy: Default::default(),
+        c2s_webhook: None,
     }
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{banner_addr, free_port, signal, token, Proc};
+use common::{free_port, line_addr, signal, token, Proc};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tidegate_proto::client::{Client, ClientError};
@@ -40,7 +40,7 @@ async fn a_killed_worker_is_restarted_and_its_clients_log_in_again() {
         "--http-addr",
         "127.0.0.1:0",
     ]);
-    let link = logic.wait_line(Duration::from_secs(30), |l| banner_addr(l, "logic link"));
+    let link = logic.wait_line(Duration::from_secs(30), |l| line_addr(l, "logic link"));
 
     let client_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
@@ -146,7 +146,7 @@ async fn without_logic_sessions_stay_up_and_new_logins_are_unavailable() {
         "--http-addr",
         "127.0.0.1:0",
     ]);
-    let link = logic.wait_line(Duration::from_secs(30), |l| banner_addr(l, "logic link"));
+    let link = logic.wait_line(Duration::from_secs(30), |l| line_addr(l, "logic link"));
     let gw = Proc::start(&[
         "gateway",
         "--config",
@@ -158,7 +158,7 @@ async fn without_logic_sessions_stay_up_and_new_logins_are_unavailable() {
         "--admin-addr",
         "127.0.0.1:0",
     ]);
-    let client = gw.wait_line(Duration::from_secs(30), |l| banner_addr(l, "client tcp"));
+    let client = gw.wait_line(Duration::from_secs(30), |l| line_addr(l, "client tcp"));
     let mut alice = {
         let mut tries = 0;
         loop {
@@ -212,7 +212,7 @@ async fn a_worker_near_its_descriptor_limit_hands_new_connections_to_the_others(
         "--http-addr",
         "127.0.0.1:0",
     ]);
-    let link = logic.wait_line(Duration::from_secs(30), |l| banner_addr(l, "logic link"));
+    let link = logic.wait_line(Duration::from_secs(30), |l| line_addr(l, "logic link"));
     let client_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
     let script = format!(

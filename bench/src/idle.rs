@@ -98,6 +98,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleReport> {
             api_key: String::new(),
             c2s_max_len: None,
             device_policy: Default::default(),
+            c2s_webhook: None,
         }],
         0,
     ));

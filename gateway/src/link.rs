@@ -142,6 +142,7 @@ async fn connected(shard: &Shard, link: &Link, mut stream: TcpStream) -> String 
         shard: shard.id,
         shards: 0,
         client_addr: shard.cfg.client_addr.to_string(),
+        incarnation: crate::shard::incarnation(),
     };
     let hello = Frame::encode_msg_to_bytes(Header::new(Cmd::LinkHello, AppCode(0), 0), &hello);
     if let Err(e) = stream.write_all(&hello).await {

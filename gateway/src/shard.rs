@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tidegate_proto::{pb, AppCode, Cmd, ConnId, DecodeError, ErrorCode, Flags, Frame, Header};
 
 mod fanout;
+pub use fanout::incarnation;
 
 /// Size of the shard's shared read buffer: every connection reads into it
 /// and keeps only the bytes of an incomplete frame, so idle connections hold
@@ -484,6 +485,9 @@ impl Shard {
 
     /// Queues the frame to each listed live session; returns (delivered, stale).
     fn on_deliver(&self, deliver: pb::LinkDeliver) -> (u64, u64) {
+        if self.for_other_incarnation(deliver.incarnation) {
+            return (0, deliver.conns.len() as u64);
+        }
         let table = self.table.borrow();
         let (mut delivered, mut stale) = (0, 0);
         for raw in deliver.conns {
@@ -503,6 +507,9 @@ impl Shard {
     }
 
     fn on_kick(&self, appcode: AppCode, kick: pb::LinkKick) {
+        if self.for_other_incarnation(kick.incarnation) {
+            return;
+        }
         let Some(conn) = self
             .table
             .borrow()

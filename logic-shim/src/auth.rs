@@ -166,6 +166,7 @@ mod tests {
                 api_key: "key-one-0123456789".into(),
                 c2s_max_len: None,
                 device_policy: Default::default(),
+                c2s_webhook: None,
             },
             AppConfig {
                 code: 2,
@@ -174,6 +175,7 @@ mod tests {
                 api_key: "key-two-0123456789".into(),
                 c2s_max_len: None,
                 device_policy: Default::default(),
+                c2s_webhook: None,
             },
         ];
         Auth::new(&apps, 0)

@@ -1,5 +1,6 @@
 //! The c2s bus: a device's C2S payload appended to its app's stream
-//! (`c2s:<app>:<msgtype>` on Redis, the same log on the embedded store).
+//! (`c2s:<app>:<msgtype>` on Redis, the same log on the embedded store), or
+//! queued for the app's webhook (`webhook.rs`) when it configures one.
 
 use crate::store::C2sEntry;
 use crate::Logic;
@@ -54,14 +55,26 @@ async fn append(
         content: payload.content,
         at_ms: tidegate_proto::now_ms(),
     };
-    let max_len = cfg.c2s_max_len.unwrap_or(logic.cfg.c2s_max_len);
-    logic
-        .store
-        .append_c2s(app, msgtype, &entry, max_len)
-        .await
-        .map(drop)
-        .map_err(|e| {
-            tracing::warn!("c2s append: {e}");
-            (ErrorCode::Unavailable, "c2s bus unavailable; retry".into())
-        })
+    let hook = logic.webhook(app);
+    if hook.is_none() || cfg.c2s_webhook.as_ref().is_some_and(|h| h.also_stream) {
+        // Stream first: if it fails the client retries before anything
+        // reached the webhook queue.
+        let max_len = cfg.c2s_max_len.unwrap_or(logic.cfg.c2s_max_len);
+        logic
+            .store
+            .append_c2s(app, msgtype, &entry, max_len)
+            .await
+            .map_err(|e| {
+                tracing::warn!("c2s append: {e}");
+                (
+                    ErrorCode::Unavailable,
+                    "c2s bus unavailable; retry".to_string(),
+                )
+            })?;
+    }
+    if let Some(hook) = hook {
+        hook.offer(msgtype, entry)
+            .map_err(|e| (ErrorCode::Busy, format!("{e}; retry later")))?;
+    }
+    Ok(())
 }

@@ -68,6 +68,100 @@ pub struct AppConfig {
     /// a new login of the same user kicks.
     #[serde(default)]
     pub device_policy: DevicePolicy,
+    /// Sends this app's c2s messages to an HTTP endpoint in batches
+    /// instead of (or with `also_stream`, as well as) the c2s stream.
+    #[serde(default)]
+    pub c2s_webhook: Option<WebhookConfig>,
+}
+
+/// `[[apps]] c2s_webhook = { url = "http://…", … }`: batched JSON POSTs of
+/// the app's c2s messages (see `webhook.rs` and the README).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// `http://host:port/path`; plain HTTP only (no TLS in the shim:
+    /// terminate TLS in a local proxy).
+    pub url: String,
+    /// Most messages in one POST.
+    pub batch_max: usize,
+    /// How long the first message of a batch waits for more, ms.
+    pub batch_wait_ms: u64,
+    /// Messages waiting (per logic instance) before new ones are refused:
+    /// the client gets BUSY and the drop is counted.
+    pub queue_max: usize,
+    /// Retries of a failed POST (connect error, timeout, 408, 429, 5xx)
+    /// before its batch counts as failed.
+    pub retries: u32,
+    /// First retry delay, ms; doubles per retry up to 30 s.
+    pub backoff_ms: u64,
+    /// Bound on one POST, ms.
+    pub timeout_ms: u64,
+    /// Also append to the c2s stream (the stream write happens first).
+    pub also_stream: bool,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            url: String::new(),
+            batch_max: 100,
+            batch_wait_ms: 50,
+            queue_max: 10_000,
+            retries: 5,
+            backoff_ms: 100,
+            timeout_ms: 5_000,
+            also_stream: false,
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// Rejects values that cannot work; `key` is e.g. `apps[0].c2s_webhook`.
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let k = |field: &str| format!("{key}.{field}");
+        if self.url.is_empty() {
+            return Err(err(
+                k("url"),
+                "is required, e.g. \"http://127.0.0.1:8080/c2s\"",
+            ));
+        }
+        if self.url.starts_with("https://") {
+            return Err(err(
+                k("url"),
+                "https is not supported (the shim has no TLS); use http:// to a local TLS proxy",
+            ));
+        }
+        let url: reqwest::Url = self
+            .url
+            .parse()
+            .map_err(|e| err(k("url"), format!("{:?} is not a URL: {e}", self.url)))?;
+        if url.scheme() != "http" || url.host().is_none() {
+            return Err(err(
+                k("url"),
+                format!("{:?} is not an http://host URL", self.url),
+            ));
+        }
+        let range = |field: &str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                Err(err(k(field), format!("{v} is outside {lo}..={hi}")))
+            } else {
+                Ok(())
+            }
+        };
+        range("batch_max", self.batch_max as u64, 1, 10_000)?;
+        range("batch_wait_ms", self.batch_wait_ms, 0, 60_000)?;
+        range("queue_max", self.queue_max as u64, 1, 10_000_000)?;
+        if self.queue_max < self.batch_max {
+            return Err(err(
+                k("queue_max"),
+                format!("{} is below batch_max {}", self.queue_max, self.batch_max),
+            ));
+        }
+        range("retries", u64::from(self.retries), 0, 30)?;
+        range("backoff_ms", self.backoff_ms, 1, 60_000)?;
+        range("timeout_ms", self.timeout_ms, 100, 300_000)?;
+        Ok(())
+    }
 }
 
 /// A configuration value that cannot work, with its key.
@@ -168,6 +262,9 @@ impl LogicConfig {
             if app.c2s_max_len == Some(0) {
                 return Err(err(format!("apps[{i}].c2s_max_len"), "must be at least 1"));
             }
+            if let Some(hook) = &app.c2s_webhook {
+                hook.validate(&format!("apps[{i}].c2s_webhook"))?;
+            }
         }
         Ok(())
     }
@@ -177,5 +274,78 @@ impl LogicConfig {
         self.logic_id
             .clone()
             .unwrap_or_else(|| format!("logic-{}", std::process::id()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(edit: impl FnOnce(&mut WebhookConfig)) -> Result<(), ConfigError> {
+        let mut h = WebhookConfig {
+            url: "http://127.0.0.1:9/c2s".into(),
+            ..Default::default()
+        };
+        edit(&mut h);
+        h.validate("apps[0].c2s_webhook")
+    }
+
+    fn key_of(r: Result<(), ConfigError>) -> String {
+        r.expect_err("invalid").key
+    }
+
+    #[test]
+    fn webhook_errors_name_the_key() {
+        assert!(hook(|_| {}).is_ok());
+        assert_eq!(key_of(hook(|h| h.url.clear())), "apps[0].c2s_webhook.url");
+        let tls = hook(|h| h.url = "https://example.com/x".into()).expect_err("https");
+        assert!(tls.to_string().contains("no TLS"), "{tls}");
+        assert_eq!(
+            key_of(hook(|h| h.url = "ftp://x/y".into())),
+            "apps[0].c2s_webhook.url"
+        );
+        assert_eq!(
+            key_of(hook(|h| h.batch_max = 0)),
+            "apps[0].c2s_webhook.batch_max"
+        );
+        assert_eq!(
+            key_of(hook(|h| h.queue_max = 10)),
+            "apps[0].c2s_webhook.queue_max",
+            "below batch_max 100"
+        );
+        assert_eq!(
+            key_of(hook(|h| h.retries = 99)),
+            "apps[0].c2s_webhook.retries"
+        );
+        assert_eq!(
+            key_of(hook(|h| h.backoff_ms = 0)),
+            "apps[0].c2s_webhook.backoff_ms"
+        );
+        assert_eq!(
+            key_of(hook(|h| h.timeout_ms = 1)),
+            "apps[0].c2s_webhook.timeout_ms"
+        );
+    }
+
+    #[test]
+    fn webhook_table_parses_with_defaults_and_refuses_unknown_keys() {
+        let app: AppConfig = toml_like(
+            r#"{"code": 1, "secrets": ["s"], "api_key": "k",
+                "c2s_webhook": {"url": "http://h:1/p", "batch_max": 7}}"#,
+        );
+        let h = app.c2s_webhook.expect("webhook");
+        assert_eq!(
+            (h.batch_max, h.queue_max, h.also_stream),
+            (7, 10_000, false)
+        );
+        let bad = serde_json::from_str::<AppConfig>(
+            r#"{"code": 1, "secrets": ["s"], "api_key": "k",
+                "c2s_webhook": {"url": "http://h:1/p", "batch": 7}}"#,
+        );
+        assert!(bad.is_err());
+    }
+
+    fn toml_like(json: &str) -> AppConfig {
+        serde_json::from_str(json).expect("parses")
     }
 }

@@ -23,6 +23,8 @@ pub struct ShardAddr {
 
 struct Entry {
     tx: mpsc::Sender<Bytes>,
+    /// The linked gate process's incarnation (`LinkHello.incarnation`).
+    incarnation: u64,
     /// Which link registered it, so a closing old link never unregisters a newer one.
     link: u64,
 }
@@ -43,10 +45,17 @@ pub struct Gates {
 
 impl Gates {
     /// Registers a link for `addr`, replacing an older one; returns its id.
-    pub fn register(&self, addr: ShardAddr, tx: mpsc::Sender<Bytes>) -> u64 {
+    pub fn register(&self, addr: ShardAddr, incarnation: u64, tx: mpsc::Sender<Bytes>) -> u64 {
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
         let mut map = self.shards.write().unwrap_or_else(|p| p.into_inner());
-        map.insert(addr, Entry { tx, link });
+        map.insert(
+            addr,
+            Entry {
+                tx,
+                incarnation,
+                link,
+            },
+        );
         metrics::gauge!("tidegate_logic_gate_links").set(map.len() as f64);
         link
     }
@@ -63,13 +72,36 @@ impl Gates {
     /// Queues a frame to a gate shard; false if it is not linked or its
     /// queue is full (the caller reports the target as not delivered).
     pub fn send(&self, gate_id: &str, shard: u32, frame: Bytes) -> bool {
+        self.send_to(gate_id, shard, None, frame)
+    }
+
+    /// [`Gates::send`] for frames naming connections of one gate process:
+    /// false as well when the linked process is another incarnation (the
+    /// gate restarted; those connection ids may name other users now).
+    pub fn send_to_incarnation(
+        &self,
+        gate_id: &str,
+        shard: u32,
+        incarnation: u64,
+        frame: Bytes,
+    ) -> bool {
+        self.send_to(gate_id, shard, Some(incarnation), frame)
+    }
+
+    fn send_to(&self, gate_id: &str, shard: u32, incarnation: Option<u64>, frame: Bytes) -> bool {
         let map = self.shards.read().unwrap_or_else(|p| p.into_inner());
         let key = ShardAddr {
             gate_id: gate_id.to_string(),
             shard,
         };
         match map.get(&key) {
-            Some(e) => e.tx.try_send(frame).is_ok(),
+            Some(e) if incarnation.is_none_or(|i| i == e.incarnation) => {
+                e.tx.try_send(frame).is_ok()
+            }
+            Some(_) => {
+                metrics::counter!("tidegate_logic_other_incarnation_total").increment(1);
+                false
+            }
             None => false,
         }
     }
@@ -124,5 +156,27 @@ impl Gates {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_for_another_incarnation_are_refused() {
+        let gates = Gates::default();
+        let (tx, mut rx) = mpsc::channel(4);
+        let addr = ShardAddr {
+            gate_id: "g".into(),
+            shard: 0,
+        };
+        gates.register(addr, 7, tx);
+        assert!(!gates.send_to_incarnation("g", 0, 6, Bytes::from_static(b"old")));
+        assert!(gates.send_to_incarnation("g", 0, 7, Bytes::from_static(b"new")));
+        assert!(gates.send("g", 0, Bytes::from_static(b"any")));
+        assert!(!gates.send("g", 1, Bytes::from_static(b"unlinked")));
+        assert_eq!(rx.try_recv().ok(), Some(Bytes::from_static(b"new")));
+        assert_eq!(rx.try_recv().ok(), Some(Bytes::from_static(b"any")));
     }
 }

@@ -16,6 +16,7 @@ mod reach;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod webhook;
 
 use anyhow::Context;
 use auth::Auth;
@@ -45,6 +46,8 @@ pub struct Logic {
     msg_seq: AtomicU64,
     reach: reach::Reach,
     prom: PrometheusHandle,
+    /// c2s webhooks of the apps that configure one.
+    webhooks: HashMap<u16, webhook::Webhook>,
 }
 
 impl Logic {
@@ -60,6 +63,11 @@ impl Logic {
     /// The app's configuration, if `app` is configured.
     pub fn app(&self, app: AppCode) -> Option<&AppConfig> {
         self.apps.get(&app.0)
+    }
+
+    /// The app's c2s webhook, if it configures one.
+    pub fn webhook(&self, app: AppCode) -> Option<&webhook::Webhook> {
+        self.webhooks.get(&app.0)
     }
 
     /// A message id unique across logic instances that names its msgtype
@@ -96,7 +104,16 @@ impl LogicServer {
         let http_listener = tokio::net::TcpListener::bind(cfg.http_addr)
             .await
             .with_context(|| format!("logic.http_addr: cannot listen on {}", cfg.http_addr))?;
+        let mut webhooks = HashMap::new();
+        for app in &apps {
+            if let Some(hook) = &app.c2s_webhook {
+                let started = webhook::Webhook::start(AppCode(app.code), hook.clone())
+                    .with_context(|| format!("app {}: c2s webhook client", app.code))?;
+                webhooks.insert(app.code, started);
+            }
+        }
         let logic = Arc::new(Logic {
+            webhooks,
             auth: Auth::new(&apps, cfg.jwt_leeway_s),
             apps: apps.into_iter().map(|a| (a.code, a)).collect(),
             store,

@@ -71,7 +71,8 @@ async fn handle(logic: Arc<Logic>, stream: TcpStream) -> anyhow::Result<()> {
     };
     let (tx, rx) = mpsc::channel(LINK_QUEUE);
     let writer = tokio::spawn(write_loop(wr, rx));
-    let link_id = logic.gates.register(gate.clone(), tx.clone());
+    let incarnation = hello.incarnation;
+    let link_id = logic.gates.register(gate.clone(), incarnation, tx.clone());
     tracing::info!(gate = %gate.gate_id, shard = gate.shard, "gate shard linked");
     // A lease from the first moment, so a login on this shard never reads
     // as offline before the first heartbeat arrives.
@@ -80,6 +81,7 @@ async fn handle(logic: Arc<Logic>, stream: TcpStream) -> anyhow::Result<()> {
         shard: hello.shard,
         shards: hello.shards,
         client_addr: hello.client_addr.clone(),
+        incarnation,
         ..Default::default()
     };
     renew(&logic, peer_ip, first).await;
@@ -91,17 +93,31 @@ async fn handle(logic: Arc<Logic>, stream: TcpStream) -> anyhow::Result<()> {
     reply.flags = Flags::RESPONSE;
     let _ = tx.send(Frame::encode_msg_to_bytes(reply, &welcome)).await;
 
-    let result = read_loop(&logic, &gate, peer_ip, &mut rd, &mut buf, &tx).await;
+    let peer = Peer {
+        gate: gate.clone(),
+        incarnation,
+        ip: peer_ip,
+    };
+    let result = read_loop(&logic, &peer, &mut rd, &mut buf, &tx).await;
     logic.gates.unregister(&gate, link_id);
     drop(tx);
     writer.abort();
     result
 }
 
+/// The gate shard at the other end of a link, as its HELLO introduced it.
+#[derive(Clone)]
+struct Peer {
+    gate: ShardAddr,
+    /// The gate process's incarnation; recorded with each login.
+    incarnation: u64,
+    /// Where the link comes from (advertised addresses of `0.0.0.0` binds).
+    ip: IpAddr,
+}
+
 async fn read_loop(
     logic: &Arc<Logic>,
-    gate: &ShardAddr,
-    peer_ip: IpAddr,
+    peer: &Peer,
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     buf: &mut BytesMut,
     tx: &mpsc::Sender<Bytes>,
@@ -111,13 +127,7 @@ async fn read_loop(
     for _ in 0..LANES {
         let (lane_tx, lane_rx) = mpsc::channel(LANE_QUEUE);
         lanes.push(lane_tx);
-        workers.spawn(lane(
-            logic.clone(),
-            gate.clone(),
-            peer_ip,
-            lane_rx,
-            tx.clone(),
-        ));
+        workers.spawn(lane(logic.clone(), peer.clone(), lane_rx, tx.clone()));
     }
     loop {
         while let Some(frame) = Frame::parse(buf, MAX_LINK_BODY)? {
@@ -137,13 +147,12 @@ async fn read_loop(
 /// Handles one lane's frames in order.
 async fn lane(
     logic: Arc<Logic>,
-    gate: ShardAddr,
-    peer_ip: IpAddr,
+    peer: Peer,
     mut frames: mpsc::Receiver<Frame>,
     tx: mpsc::Sender<Bytes>,
 ) -> anyhow::Result<()> {
     while let Some(frame) = frames.recv().await {
-        if let Some(reply) = dispatch(&logic, &gate, peer_ip, frame).await? {
+        if let Some(reply) = dispatch(&logic, &peer, frame).await? {
             tx.send(reply).await?;
         }
     }
@@ -167,21 +176,23 @@ fn peek_conn(body: &[u8]) -> u64 {
 }
 
 /// Handles one frame from a gate; returns the reply to send, if any.
-async fn dispatch(
-    logic: &Logic,
-    gate: &ShardAddr,
-    peer_ip: IpAddr,
-    frame: Frame,
-) -> anyhow::Result<Option<Bytes>> {
+async fn dispatch(logic: &Logic, peer: &Peer, frame: Frame) -> anyhow::Result<Option<Bytes>> {
     let h = frame.header;
     let response = h.flags.contains(Flags::RESPONSE);
     let reply = match (h.cmd, response) {
         (Cmd::LinkLogin, false) => {
-            let r = presence::login(logic, gate, h.appcode, frame.decode_body()?).await;
+            let r = presence::login(
+                logic,
+                &peer.gate,
+                peer.incarnation,
+                h.appcode,
+                frame.decode_body()?,
+            )
+            .await;
             Some(Frame::encode_msg_to_bytes(h.reply(), &r))
         }
         (Cmd::LinkSessionClosed, false) => {
-            presence::closed(logic, gate, h.appcode, frame.decode_body()?).await;
+            presence::closed(logic, &peer.gate, h.appcode, frame.decode_body()?).await;
             None
         }
         (Cmd::LinkC2s, false) => {
@@ -197,7 +208,7 @@ async fn dispatch(
             None
         }
         (Cmd::LinkHeartbeat, false) => {
-            renew(logic, peer_ip, frame.decode_body()?).await;
+            renew(logic, peer.ip, frame.decode_body()?).await;
             None
         }
         (Cmd::LinkDeliver, true) => {
@@ -232,6 +243,7 @@ async fn renew(logic: &Logic, peer_ip: IpAddr, beat: pb::LinkHeartbeat) {
         draining: beat.draining,
         client_addr: advertised(&beat.client_addr, peer_ip),
         http_addr: advertised(&beat.http_addr, peer_ip),
+        incarnation: beat.incarnation,
     };
     let result = match logic
         .store

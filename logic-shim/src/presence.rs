@@ -14,10 +14,12 @@ use tidegate_proto::{pb, AppCode, Cmd, ErrorCode, Frame, Header};
 pub async fn login(
     logic: &Logic,
     gate: &ShardAddr,
+    incarnation: u64,
     app: AppCode,
     req: pb::LinkLogin,
 ) -> pb::LinkLoginReply {
-    let result = match try_login(logic, gate, app, req.conn, req.login.unwrap_or_default()).await {
+    let login = req.login.unwrap_or_default();
+    let result = match try_login(logic, gate, incarnation, app, req.conn, login).await {
         Ok(ok) => {
             metrics::counter!("tidegate_logic_logins_total", "result" => "ok").increment(1);
             pb::link_login_reply::Result::Accepted(ok)
@@ -39,6 +41,7 @@ pub async fn login(
 async fn try_login(
     logic: &Logic,
     gate: &ShardAddr,
+    incarnation: u64,
     app: AppCode,
     conn: u64,
     login: pb::Login,
@@ -62,6 +65,7 @@ async fn try_login(
         device: login.device_id,
         platform: login.platform,
         since_ms: tidegate_proto::now_ms(),
+        incarnation,
     };
     let policy = logic.app(app).map(|a| a.device_policy).unwrap_or_default();
     let outcome = logic
@@ -98,9 +102,12 @@ fn kick_other_device(logic: &Logic, app: AppCode, old: &SessionRecord) {
             reason: pb::KickoutReason::OtherDevice as i32,
             message: "logged in on another device".into(),
         }),
+        incarnation: old.incarnation,
     };
     let frame = Frame::encode_msg_to_bytes(Header::new(Cmd::LinkKick, app, 0), &kick);
-    let sent = logic.gates.send(&old.gate_id, old.shard, frame);
+    let sent = logic
+        .gates
+        .send_to_incarnation(&old.gate_id, old.shard, old.incarnation, frame);
     let result = if sent { "sent" } else { "unreachable" };
     metrics::counter!("tidegate_logic_device_kicks_total", "result" => result).increment(1);
 }

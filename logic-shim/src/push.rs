@@ -156,15 +156,15 @@ async fn to_users(
     frame: Bytes,
     msg_id: String,
 ) -> Result<PushOutcome, StoreError> {
-    // (gate, shard) -> connections, and each target's shards.
-    let mut by_shard: HashMap<(String, u32), Vec<u64>> = HashMap::new();
-    let mut targets: Vec<Vec<(String, u32)>> = Vec::with_capacity(uids.len());
+    // (gate, shard, incarnation) -> connections, and each target's shards.
+    let mut by_shard: HashMap<(String, u32, u64), Vec<u64>> = HashMap::new();
+    let mut targets: Vec<Vec<(String, u32, u64)>> = Vec::with_capacity(uids.len());
     for batch in uids.chunks(PRESENCE_BATCH) {
         for sessions in logic.store.sessions_many(app, batch).await? {
             let shards = sessions
                 .into_iter()
                 .map(|s| {
-                    let key = (s.gate_id, s.shard);
+                    let key = (s.gate_id, s.shard, s.incarnation);
                     by_shard.entry(key.clone()).or_default().push(s.conn);
                     key
                 })
@@ -173,21 +173,23 @@ async fn to_users(
         }
     }
 
-    let mut sent: HashMap<(String, u32), bool> = HashMap::with_capacity(by_shard.len());
-    for ((gate_id, shard), conns) in by_shard {
+    let mut sent: HashMap<(String, u32, u64), bool> = HashMap::with_capacity(by_shard.len());
+    for ((gate_id, shard, incarnation), conns) in by_shard {
         let deliver = pb::LinkDeliver {
             conns,
             frame: frame.clone(),
+            incarnation,
         };
         // Ack-requested: the gate answers with how many it queued (reach
         // "written"); header msgtype lets the answer be counted without state.
         let mut h = Header::new(Cmd::LinkDeliver, app, 0);
         h.msgtype = msgtype;
         h.flags = Flags::ACK_REQUESTED;
+        let frame = Frame::encode_msg_to_bytes(h, &deliver);
         let ok = logic
             .gates
-            .send(&gate_id, shard, Frame::encode_msg_to_bytes(h, &deliver));
-        sent.insert((gate_id, shard), ok);
+            .send_to_incarnation(&gate_id, shard, incarnation, frame);
+        sent.insert((gate_id, shard, incarnation), ok);
     }
 
     let label = app.to_string();

@@ -1,6 +1,7 @@
-//! Starts the real `tidegate` binary for end-to-end tests. Every listener is
-//! bound to port 0 and read back from the banner, so tests never race for
-//! ports and never depend on each other.
+//! Starts the real `tidegate` binary for end-to-end tests: `tidegate up`, or
+//! `tidegate logic` and `tidegate gateway` as separate processes (so a test
+//! can `kill -9` one). Every listener is bound to port 0 and read back from
+//! the banner, so tests never race for ports and never depend on each other.
 
 #![allow(dead_code)]
 
@@ -13,8 +14,6 @@ use std::time::Duration;
 /// A running `tidegate up`.
 pub struct Tidegate {
     child: Child,
-    /// Stdout lines printed after "ready".
-    pub lines: mpsc::Receiver<String>,
     /// Client TCP address.
     pub client: SocketAddr,
     /// Gateway admin (metrics) address.
@@ -80,24 +79,33 @@ impl Tidegate {
                     panic!("tidegate up did not print ready within 30 s");
                 }
             };
-            if let Some(a) = banner_addr(&line, "client tcp") {
-                client = Some(a);
-            } else if let Some(a) = banner_addr(&line, "gateway admin") {
-                admin = Some(a);
-            } else if let Some(a) = banner_addr(&line, "logic http") {
-                http = Some(a);
+            let addr = |l: &str| -> SocketAddr {
+                let a = l.split_whitespace().last().unwrap();
+                let a = a.trim_start_matches("http://").trim_end_matches("/metrics");
+                a.parse().unwrap()
+            };
+            if line.trim_start().starts_with("client tcp") {
+                client = Some(addr(&line));
+            } else if line.trim_start().starts_with("gateway admin") {
+                admin = Some(addr(&line));
+            } else if line.trim_start().starts_with("logic http") {
+                http = Some(addr(&line));
             } else if line == "ready" {
                 break;
             }
         }
         Tidegate {
             child,
-            lines: rx,
             client: client.expect("client addr in banner"),
             admin: admin.expect("admin addr in banner"),
             http: http.expect("http addr in banner"),
             _dir: dir,
         }
+    }
+
+    /// `http://<logic http>/<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
     }
 
     /// The process id (for signals).
@@ -107,24 +115,7 @@ impl Tidegate {
 
     /// Waits for the process to exit; its status code, or None on timeout.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let end = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < end {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status.code().unwrap_or(-1));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    /// The data directory (for writing a lists file).
-    pub fn dir(&self) -> &std::path::Path {
-        self._dir.path()
-    }
-
-    /// `http://<logic http>/<path>`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.http, path)
+        wait_exit(&mut self.child, timeout)
     }
 
     /// The gateway's Prometheus text.
@@ -139,6 +130,203 @@ impl Tidegate {
 }
 
 impl Drop for Tidegate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Mints a token with the real `tidegate token` command.
+pub fn token(app: u16, uid: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "--app", &app.to_string(), "--uid", uid])
+        .output()
+        .expect("tidegate token");
+    assert!(
+        out.status.success(),
+        "token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Sum of every sample of `name` whose labels contain `label` in Prometheus text.
+pub fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits for `ready` on the child's stdout; returns the banner's
+/// `(label, address)` lines. Keeps draining stdout afterwards so the child
+/// never blocks on a full pipe. Kills the child and panics after 30 s.
+fn read_banner(child: &mut Child, what: &str) -> Vec<(String, SocketAddr)> {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut out = Vec::new();
+    loop {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!("{what} did not print ready within 30 s");
+        };
+        if line == "ready" {
+            return out;
+        }
+        let Some(last) = line.split_whitespace().last() else {
+            continue;
+        };
+        let addr = last
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics");
+        if let Ok(a) = addr.parse() {
+            let label = line
+                .trim()
+                .rsplit_once(char::is_whitespace)
+                .map_or("", |p| p.0);
+            out.push((label.trim().to_string(), a));
+        }
+    }
+}
+
+fn banner_addr(banner: &[(String, SocketAddr)], label: &str) -> SocketAddr {
+    banner
+        .iter()
+        .find(|(l, _)| l == label)
+        .unwrap_or_else(|| panic!("{label:?} not in banner {banner:?}"))
+        .1
+}
+
+/// A running `tidegate logic`.
+pub struct LogicProc {
+    child: Child,
+    /// Where gateways link.
+    pub link: SocketAddr,
+    /// HTTP API.
+    pub http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl LogicProc {
+    /// `tidegate logic` on `backend` with this TOML config.
+    pub fn start(backend: &Backend, config: &str) -> LogicProc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("logic.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("logic")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--link-addr", "127.0.0.1:0"])
+            .args(["--http-addr", "127.0.0.1:0"]);
+        match backend {
+            Backend::Embedded => cmd.arg("--data").arg(dir.path().join("data")),
+            Backend::Redis(url) => cmd.args(["--redis", url]),
+        };
+        let mut child = cmd
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tidegate logic");
+        let banner = read_banner(&mut child, "tidegate logic");
+        LogicProc {
+            link: banner_addr(&banner, "logic link"),
+            http: banner_addr(&banner, "logic http"),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// `http://<logic http>/<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+}
+
+impl Drop for LogicProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `tidegate gateway` (one shard).
+pub struct GatewayProc {
+    child: Child,
+    /// Client TCP address.
+    pub client: SocketAddr,
+    /// Admin (metrics) address.
+    pub admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProc {
+    /// `tidegate gateway --logic <link>` with this TOML config (e.g. a
+    /// `[gateway] gate_id`). Its links come up after `ready`: use
+    /// [`GatewayProc::login`], which retries while logic is not linked yet.
+    pub fn start(logic_link: SocketAddr, config: &str) -> GatewayProc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("gateway.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let mut child = Command::new(BIN)
+            .arg("gateway")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--logic", &logic_link.to_string()])
+            .args(["--client-addr", "127.0.0.1:0"])
+            .args(["--admin-addr", "127.0.0.1:0"])
+            .args(["--shards", "1"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tidegate gateway");
+        let banner = read_banner(&mut child, "tidegate gateway");
+        GatewayProc {
+            client: banner_addr(&banner, "client tcp"),
+            admin: banner_addr(&banner, "gateway admin"),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// Logs `uid` of app 1 in, retrying for up to 10 s while the gateway's
+    /// link to logic comes up (logins answer UNAVAILABLE until then).
+    pub async fn login(&self, uid: &str) -> tidegate_proto::client::Client {
+        let tok = token(1, uid);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut c = tidegate_proto::client::Client::connect(self.client)
+                .await
+                .expect("connect gateway");
+            match c
+                .login(tidegate_proto::AppCode(1), &tok, "dev", "android")
+                .await
+            {
+                Ok(_) => return c,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("login {uid} through the gateway: {e:?}"),
+            }
+        }
+    }
+
+    /// `kill -9`: no drain, no close notices, no goodbye to logic.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL gateway");
+        self.child.wait().expect("reap gateway");
+    }
+}
+
+impl Drop for GatewayProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -163,28 +351,6 @@ pub async fn connect_from(
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source.parse().unwrap(), 0))?;
     socket.connect(target).await
-}
-
-/// Mints a token with the real `tidegate token` command.
-pub fn token(app: u16, uid: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["token", "--app", &app.to_string(), "--uid", uid])
-        .output()
-        .expect("tidegate token");
-    assert!(
-        out.status.success(),
-        "token: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// Sum of every sample of `name` whose labels contain `label` in Prometheus text.
-pub fn metric(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Any `tidegate` subcommand as a child process, its stdout as lines.
@@ -248,14 +414,7 @@ impl Proc {
 
     /// Waits for exit; the status code, or None on timeout.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let end = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < end {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status.code().unwrap_or(-1));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
+        wait_exit(&mut self.child, timeout)
     }
 }
 
@@ -267,7 +426,7 @@ impl Drop for Proc {
 }
 
 /// The address at the end of a banner line (`  logic link     127.0.0.1:7100`).
-pub fn banner_addr(line: &str, label: &str) -> Option<SocketAddr> {
+pub fn line_addr(line: &str, label: &str) -> Option<SocketAddr> {
     let rest = line.trim_start().strip_prefix(label)?;
     let a = rest.split_whitespace().last()?;
     a.trim_start_matches("http://")
@@ -282,4 +441,16 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// Waits for `child` to exit; its status code, or None on timeout.
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let end = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < end {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status.code().unwrap_or(-1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
 }

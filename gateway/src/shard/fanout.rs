@@ -2,13 +2,17 @@
 //! heartbeats to every logic link (logic renews the gate's lease and
 //! directory entry from them), LINK_BROADCAST (one frame to every session of
 //! an app on this shard, encoded once by logic), and the LINK_DELIVER
-//! confirmation that feeds reach statistics. Kept apart from `shard.rs` so
-//! the session paths there stay as they were.
+//! confirmation that feeds reach statistics, and the process incarnation
+//! that fences deliveries and kicks meant for an earlier process with the
+//! same gate id. Kept apart from `shard.rs` so the session paths there stay
+//! as they were.
 
 use super::Shard;
 use crate::link::Link;
 use crate::session::Phase;
 use std::cell::Cell;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tidegate_proto::{pb, Cmd, Flags, Frame, Header};
 
@@ -32,7 +36,39 @@ impl Default for HeartbeatClock {
     }
 }
 
+/// This gate process's incarnation: random, nonzero, the same on every
+/// shard (thread) of the process. A restart under the same `gate_id` gets a
+/// new one, so logic reads the old process's sessions as offline at once and
+/// a LINK_DELIVER or LINK_KICK meant for them is dropped here instead of
+/// reaching a new connection that reuses the same (slot, generation) id.
+pub fn incarnation() -> u64 {
+    static INCARNATION: OnceLock<u64> = OnceLock::new();
+    *INCARNATION.get_or_init(|| {
+        // std's RandomState is seeded from the OS RNG: random enough to
+        // tell processes apart, without a new dependency. Time and pid mixed
+        // in for good measure.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish().max(1)
+    })
+}
+
 impl Shard {
+    /// Whether a LINK_DELIVER/LINK_KICK carrying `incarnation` is for another
+    /// process with our gate id (0 = logic did not say; accepted). Counted.
+    pub(super) fn for_other_incarnation(&self, theirs: u64) -> bool {
+        let other = theirs != 0 && theirs != incarnation();
+        if other {
+            crate::metrics::link_event("other_incarnation");
+        }
+        other
+    }
+
     /// This shard's heartbeat: liveness, load and client address.
     fn heartbeat_frame(&self) -> bytes::Bytes {
         let beat = pb::LinkHeartbeat {
@@ -45,6 +81,7 @@ impl Shard {
             draining: false,
             client_addr: self.cfg.client_addr.to_string(),
             http_addr: String::new(),
+            incarnation: incarnation(),
         };
         Frame::encode_msg_to_bytes(
             Header::new(Cmd::LinkHeartbeat, tidegate_proto::AppCode(0), 0),
@@ -111,5 +148,18 @@ impl Shard {
         self.metrics.delivered.increment(delivered);
         let reply = pb::LinkBroadcastReply { delivered };
         link.send(Frame::encode_msg_to_bytes(h.reply(), &reply));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::incarnation;
+
+    #[test]
+    fn incarnation_is_nonzero_and_stable_within_the_process() {
+        let first = incarnation();
+        assert_ne!(first, 0);
+        let other_thread = std::thread::spawn(incarnation).join().expect("thread");
+        assert_eq!(first, other_thread, "every shard of a process shares it");
     }
 }

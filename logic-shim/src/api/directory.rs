@@ -142,6 +142,7 @@ mod tests {
             client_addr: String::new(),
             http_addr: String::new(),
             expires_ms: 0,
+            incarnation: 1,
         }
     }
 

@@ -18,13 +18,14 @@
 //! MVCC read transactions and never wait for the writer.
 
 use super::{
-    c2s_stream_key, fold_gates, C2sEntry, DevicePolicy, GateInfo, GateShardStatus, LoginOutcome,
-    NewSession, SessionKey, SessionRecord, Store, StoreError, StreamEntry, StreamId,
+    c2s_stream_key, current_incarnations, fold_gates, session_is_live, C2sEntry, DevicePolicy,
+    GateInfo, GateShardStatus, LoginOutcome, NewSession, SessionKey, SessionRecord, Store,
+    StoreError, StreamEntry, StreamId,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
@@ -195,7 +196,7 @@ impl Store for EmbeddedStore {
                 for uid in &uids {
                     let mut sessions = Vec::new();
                     for record in user_sessions(&table, app, uid)? {
-                        if live.contains(&record.gate_id) {
+                        if session_is_live(&record, &live) {
                             sessions.push(record);
                         } else {
                             dead.push((uid.clone(), record.key().to_string(), record.epoch));
@@ -314,17 +315,29 @@ impl Store for EmbeddedStore {
     }
 }
 
-/// Ids of gates with at least one shard whose lease has not ended.
-fn live_gate_ids(txn: &redb::ReadTransaction, now: u64) -> Result<HashSet<String>, StoreError> {
+/// The current incarnation of every gate with at least one shard whose
+/// lease has not ended.
+fn live_gate_ids(
+    txn: &redb::ReadTransaction,
+    now: u64,
+) -> Result<HashMap<String, u64>, StoreError> {
     let table = txn.open_table(GATES).map_err(storage)?;
-    let mut live = HashSet::new();
+    let mut rows = Vec::new();
     for row in table.iter().map_err(storage)? {
         let (key, value) = row.map_err(storage)?;
-        if value.value().0 > now {
-            live.insert(key.value().0.to_string());
+        let (expires_ms, json) = value.value();
+        if expires_ms > now {
+            let gate = key.value().0.to_string();
+            let status: GateShardStatus = serde_json::from_slice(json)
+                .map_err(|e| StoreError::Corrupt(format!("gate {gate:?}: {e}")))?;
+            rows.push((gate, expires_ms, status.incarnation));
         }
     }
-    Ok(live)
+    let current = current_incarnations(rows.iter().map(|(g, e, i)| (g.as_str(), *e, *i)));
+    Ok(current
+        .into_iter()
+        .map(|(g, i)| (g.to_string(), i))
+        .collect())
 }
 
 /// Every presence record of one user (live gate or not), oldest epoch first.

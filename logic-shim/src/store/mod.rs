@@ -1,6 +1,6 @@
 //! The `Store`: everything the logic shim remembers lives behind this trait, so
 //! the shim itself stays stateless (ARCHITECTURE §2). Two backends pass one
-//! conformance suite (`tests/store_conformance.rs`): Redis for production
+//! conformance suite (`tests/conformance/`): Redis for production
 //! (`redis.rs`) and an embedded durable file for a single node (`embedded.rs`).
 
 pub mod embedded;
@@ -30,6 +30,11 @@ pub struct SessionRecord {
     pub platform: String,
     /// Login time, ms since the Unix epoch.
     pub since_ms: u64,
+    /// The gate process's incarnation at login (`LinkHello.incarnation`):
+    /// the session is live only while the gate's lease carries the same one.
+    /// Absent in records written before incarnations existed: 0.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 impl SessionRecord {
@@ -71,6 +76,8 @@ pub struct NewSession {
     pub platform: String,
     /// Login time, ms since the Unix epoch.
     pub since_ms: u64,
+    /// The incarnation of the gate process holding the socket.
+    pub incarnation: u64,
 }
 
 /// Which older sessions a new login replaces (`[[apps]] device_policy`),
@@ -133,6 +140,10 @@ pub struct GateShardStatus {
     pub client_addr: String,
     /// Client HTTP/WebSocket address, empty if none.
     pub http_addr: String,
+    /// The gate process's incarnation (`LinkHeartbeat.incarnation`); the
+    /// lease's current one is that of the newest heartbeat.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// A live gate: the sum of its shards' latest heartbeats.
@@ -150,17 +161,31 @@ pub struct GateInfo {
     pub http_addr: String,
     /// When the lease ends unless renewed, ms since the Unix epoch.
     pub expires_ms: u64,
+    /// The incarnation of the newest heartbeat: the gate process now
+    /// holding the lease.
+    pub incarnation: u64,
 }
 
 /// Folds shard statuses (each with its lease end) into per-gate entries,
-/// sorted by gate id. Shards whose lease ended are left out.
+/// sorted by gate id. Shards whose lease ended are left out, and so are
+/// shards of an earlier incarnation than the gate's newest heartbeat (a
+/// restarted gate's old process).
 pub fn fold_gates(
     rows: impl IntoIterator<Item = (u64, GateShardStatus)>,
     now_ms: u64,
 ) -> Vec<GateInfo> {
+    let live: Vec<_> = rows.into_iter().filter(|(e, _)| *e > now_ms).collect();
+    let current: std::collections::HashMap<String, u64> = current_incarnations(
+        live.iter()
+            .map(|(e, s)| (s.gate_id.as_str(), *e, s.incarnation)),
+    )
+    .into_iter()
+    .map(|(g, i)| (g.to_string(), i))
+    .collect();
     let mut gates: std::collections::BTreeMap<String, GateInfo> = Default::default();
-    for (expires_ms, s) in rows {
-        if expires_ms <= now_ms {
+    for (expires_ms, s) in live {
+        let incarnation = current.get(&s.gate_id).copied().unwrap_or_default();
+        if s.incarnation != incarnation {
             continue;
         }
         let g = gates.entry(s.gate_id.clone()).or_insert_with(|| GateInfo {
@@ -170,6 +195,7 @@ pub fn fold_gates(
             client_addr: String::new(),
             http_addr: String::new(),
             expires_ms: 0,
+            incarnation,
         });
         g.connections += s.connections;
         g.draining |= s.draining;
@@ -180,6 +206,32 @@ pub fn fold_gates(
         }
     }
     gates.into_values().collect()
+}
+
+/// Each gate's current incarnation, from `(gate_id, lease end, incarnation)`
+/// rows of live shards: the one with the latest lease end, i.e. the newest
+/// heartbeat (ties: the larger incarnation, so the answer is deterministic).
+pub fn current_incarnations<'a>(
+    rows: impl IntoIterator<Item = (&'a str, u64, u64)>,
+) -> std::collections::HashMap<&'a str, u64> {
+    let mut best: std::collections::HashMap<&str, (u64, u64)> = Default::default();
+    for (gate, expires_ms, incarnation) in rows {
+        let e = best.entry(gate).or_insert((expires_ms, incarnation));
+        if (expires_ms, incarnation) > *e {
+            *e = (expires_ms, incarnation);
+        }
+    }
+    best.into_iter().map(|(g, (_, i))| (g, i)).collect()
+}
+
+/// Whether a session is live given the live gates' current incarnations: its
+/// gate's lease runs and carries the incarnation the session logged in under
+/// (ARCHITECTURE §5 case 4, and a gate restarted before its lease ended).
+pub fn session_is_live(
+    record: &SessionRecord,
+    leases: &std::collections::HashMap<String, u64>,
+) -> bool {
+    leases.get(&record.gate_id) == Some(&record.incarnation)
 }
 
 /// One c2s message on an app's bus.
@@ -323,4 +375,68 @@ pub trait Store: Send + Sync + 'static {
 /// `XREADGROUP GROUP <g> <consumer> STREAMS c2s:<app>:<msgtype> >`.
 pub fn c2s_stream_key(app: AppCode, msgtype: MsgType) -> String {
     format!("c2s:{app}:{msgtype}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(gate: &str, n: u32, connections: u64, incarnation: u64) -> GateShardStatus {
+        GateShardStatus {
+            gate_id: gate.into(),
+            shard: n,
+            connections,
+            draining: false,
+            client_addr: format!("a:{n}"),
+            http_addr: String::new(),
+            incarnation,
+        }
+    }
+
+    #[test]
+    fn current_incarnation_is_the_newest_heartbeats() {
+        let rows = [("g", 100, 1), ("g", 200, 2), ("g", 150, 1), ("h", 50, 9)];
+        let current = current_incarnations(rows);
+        assert_eq!(current.get("g"), Some(&2));
+        assert_eq!(current.get("h"), Some(&9));
+    }
+
+    #[test]
+    fn fold_gates_drops_expired_shards_and_old_incarnations() {
+        let rows = vec![
+            (100, shard("g", 0, 5, 1)),
+            (300, shard("g", 1, 2, 2)),
+            (250, shard("g", 2, 3, 2)),
+            (10, shard("h", 0, 1, 1)),
+        ];
+        let gates = fold_gates(rows, 50);
+        assert_eq!(gates.len(), 1, "h expired: {gates:?}");
+        assert_eq!(
+            (
+                gates[0].connections,
+                gates[0].incarnation,
+                gates[0].expires_ms
+            ),
+            (5, 2, 300)
+        );
+        assert_eq!(gates[0].client_addr, "a:1");
+    }
+
+    #[test]
+    fn a_session_is_live_only_under_its_gates_current_incarnation() {
+        let rec = |gate: &str, incarnation| SessionRecord {
+            gate_id: gate.into(),
+            shard: 0,
+            conn: 1,
+            epoch: 1,
+            device: String::new(),
+            platform: String::new(),
+            since_ms: 0,
+            incarnation,
+        };
+        let leases: std::collections::HashMap<String, u64> = [("g".to_string(), 2)].into();
+        assert!(session_is_live(&rec("g", 2), &leases));
+        assert!(!session_is_live(&rec("g", 1), &leases), "restarted gate");
+        assert!(!session_is_live(&rec("x", 2), &leases), "no lease");
+    }
 }

@@ -12,6 +12,9 @@
 //!   with the lease;
 //! * `tg:gates` — sorted set of gate ids scored by lease end (ms), so one
 //!   `ZRANGEBYSCORE` lists the live gates;
+//! * `{tg:gates}:inc` — hash gate id → the incarnation of its newest
+//!   heartbeat (same slot as `tg:gates`: the tag is the whole other key), so
+//!   a restarted gate's old sessions read as offline at once;
 //! * `c2s:<app>:<msgtype>` — the app's c2s stream ([`c2s_stream_key`]).
 //!
 //! Both per-user keys carry the same hash tag, so the one Lua script per
@@ -23,14 +26,14 @@ mod codec;
 mod conn;
 
 use super::{
-    c2s_stream_key, fold_gates, C2sEntry, DevicePolicy, GateInfo, GateShardStatus, LoginOutcome,
-    NewSession, SessionKey, SessionRecord, Store, StoreError, StreamEntry, StreamId,
+    c2s_stream_key, fold_gates, session_is_live, C2sEntry, DevicePolicy, GateInfo, GateShardStatus,
+    LoginOutcome, NewSession, SessionKey, SessionRecord, Store, StoreError, StreamEntry, StreamId,
 };
 use async_trait::async_trait;
 use codec::{hash_pairs, parse_session, parse_xrange, StoredSession, StoredShard};
 use conn::Conn;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 use tidegate_proto::{now_ms, AppCode, MsgType};
@@ -88,8 +91,31 @@ end
 return 0
 ";
 
+/// Extends a gate's lease in [`GATES_KEY`], records its current incarnation
+/// in [`INCARNATIONS_KEY`], and forgets gates long dead from both, in one
+/// step so the two never disagree about which gates exist.
+/// KEYS: gates, incarnations. ARGV: gate_id, expires_ms, incarnation, forget_before.
+const RENEW_GATE: &str = r"
+-- GT: a late heartbeat from another logic instance never shortens it, nor
+-- (checked first) brings back the incarnation a newer heartbeat replaced.
+local cur = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not cur or tonumber(cur) <= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+end
+redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+for i = 1, #old do
+  redis.call('HDEL', KEYS[2], old[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+return 1
+";
+
 /// Sorted set of gate ids by lease end.
 const GATES_KEY: &str = "tg:gates";
+/// Hash gate id → current incarnation. Its hash tag is [`GATES_KEY`]
+/// verbatim, so both live in one cluster slot and one script touches both.
+const INCARNATIONS_KEY: &str = "{tg:gates}:inc";
 /// Gate ids whose lease ended this long ago are dropped from [`GATES_KEY`].
 const GATE_FORGET_MS: u64 = 3_600_000;
 
@@ -99,6 +125,7 @@ pub struct RedisStore {
     conn: Conn,
     add_session: Script,
     remove_session: Script,
+    renew_gate: Script,
 }
 
 impl RedisStore {
@@ -112,6 +139,7 @@ impl RedisStore {
             conn,
             add_session: Script::new(ADD_SESSION),
             remove_session: Script::new(REMOVE_SESSION),
+            renew_gate: Script::new(RENEW_GATE),
         })
     }
 
@@ -210,6 +238,9 @@ impl Store for RedisStore {
             .arg(format!("({}", now_ms()))
             .arg("+inf");
         cmds.push(live);
+        let mut incarnations = redis::cmd("HGETALL");
+        incarnations.arg(INCARNATIONS_KEY);
+        cmds.push(incarnations);
         let keys: Vec<String> = uids.iter().map(|u| presence_key(app, u)).collect();
         for key in &keys {
             let mut c = redis::cmd("HGETALL");
@@ -219,14 +250,30 @@ impl Store for RedisStore {
         let mut replies = bounded(self.conn.query_many(cmds)).await?.into_iter();
         let live: Vec<String> = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
             .map_err(|e| StoreError::Corrupt(format!("{GATES_KEY}: {e}")))?;
-        let live: HashSet<String> = live.into_iter().collect();
+        let incarnations = hash_pairs(INCARNATIONS_KEY, replies.next().unwrap_or(Value::Nil))?;
+        let mut current: HashMap<String, u64> = incarnations
+            .into_iter()
+            .filter_map(|(g, i)| {
+                let inc = std::str::from_utf8(&i).ok()?.parse().ok()?;
+                Some((String::from_utf8(g).ok()?, inc))
+            })
+            .collect();
+        // A live gate with no recorded incarnation was renewed by an older
+        // logic: incarnation 0, like the sessions that older logic wrote.
+        let live: HashMap<String, u64> = live
+            .into_iter()
+            .map(|g| {
+                let inc = current.remove(&g).unwrap_or(0);
+                (g, inc)
+            })
+            .collect();
         let mut out = Vec::with_capacity(uids.len());
         let mut dead = Vec::new();
         for ((key, uid), reply) in keys.iter().zip(uids).zip(replies) {
             let mut sessions = Vec::new();
             for (_, value) in hash_pairs(key, reply)? {
                 let s = parse_session(key, &value)?;
-                if live.contains(&s.gate_id) {
+                if session_is_live(&s, &live) {
                     sessions.push(s);
                 } else {
                     dead.push((uid.clone(), s.key(), s.epoch));
@@ -252,18 +299,16 @@ impl Store for RedisStore {
         hset.arg(&key).arg(status.shard).arg(value);
         let mut expire = redis::cmd("PEXPIRE");
         expire.arg(&key).arg(ttl_ms);
-        // GT: a late heartbeat from another logic instance never shortens it.
-        let mut zadd = redis::cmd("ZADD");
-        zadd.arg(GATES_KEY)
-            .arg("GT")
+        bounded(self.conn.query_many(vec![hset, expire])).await?;
+        let mut conn = self.conn.clone();
+        let mut call = self.renew_gate.prepare_invoke();
+        call.key(GATES_KEY)
+            .key(INCARNATIONS_KEY)
+            .arg(&status.gate_id)
             .arg(expires_ms)
-            .arg(&status.gate_id);
-        let mut forget = redis::cmd("ZREMRANGEBYSCORE");
-        forget
-            .arg(GATES_KEY)
-            .arg("-inf")
+            .arg(status.incarnation.to_string())
             .arg(now.saturating_sub(GATE_FORGET_MS));
-        bounded(self.conn.query_many(vec![hset, expire, zadd, forget])).await?;
+        let _: i64 = bounded(call.invoke_async(&mut conn)).await?;
         Ok(())
     }
 

@@ -196,6 +196,7 @@ impl<'txn> Tables<'txn> {
             device: new.device.clone(),
             platform: new.platform.clone(),
             since_ms: new.since_ms,
+            incarnation: new.incarnation,
         };
         let json = match serde_json::to_vec(&record) {
             Ok(json) => json,

@@ -18,6 +18,8 @@ pub(super) struct StoredSession {
     device: String,
     platform: String,
     since_ms: u64,
+    #[serde(default)]
+    incarnation: u64,
 }
 
 impl StoredSession {
@@ -29,6 +31,7 @@ impl StoredSession {
             device: new.device.clone(),
             platform: new.platform.clone(),
             since_ms: new.since_ms,
+            incarnation: new.incarnation,
         }
     }
 
@@ -41,6 +44,7 @@ impl StoredSession {
             device: self.device,
             platform: self.platform,
             since_ms: self.since_ms,
+            incarnation: self.incarnation,
         }
     }
 }

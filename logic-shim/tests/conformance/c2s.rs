@@ -1,0 +1,101 @@
+//! c2s stream cases: ids, paging, trimming, concurrency.
+
+use super::*;
+
+pub(super) async fn c2s_ids_strictly_increase(store: Arc<dyn Store>) {
+    let mut last = StreamId { ms: 0, seq: 0 };
+    for i in 0..200 {
+        let id = store.append_c2s(APP, MT, &entry(i), 10_000).await.unwrap();
+        assert!(id > last, "id {id} after {last}");
+        last = id;
+    }
+}
+
+pub(super) async fn read_c2s_pages_exact_binary_entries(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(store.append_c2s(APP, MT, &entry(i), 1_000).await.unwrap());
+    }
+    store
+        .append_c2s(OTHER_APP, MT, &entry(99), 1_000)
+        .await
+        .unwrap();
+    store
+        .append_c2s(APP, MsgType(8), &entry(98), 1_000)
+        .await
+        .unwrap();
+
+    let all = store.read_c2s(APP, MT, None, 100).await.unwrap();
+    assert_eq!(all.len(), 10);
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.id, ids[i]);
+        assert_eq!(e.entry, entry(i as u32), "entry {i} content intact");
+    }
+    let page = store.read_c2s(APP, MT, Some(ids[3]), 4).await.unwrap();
+    assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), ids[4..8]);
+    assert_eq!(store.read_c2s(APP, MT, None, 2).await.unwrap(), all[..2]);
+    assert!(store
+        .read_c2s(APP, MT, Some(ids[9]), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.read_c2s(APP, MT, None, 0).await.unwrap().is_empty());
+    // A position that is no entry's id still starts right after it.
+    let before_first = StreamId {
+        ms: ids[0].ms - 1,
+        seq: 7,
+    };
+    let got = store
+        .read_c2s(APP, MT, Some(before_first), 1)
+        .await
+        .unwrap();
+    assert_eq!(got[0].id, ids[0]);
+    assert!(store
+        .read_c2s(AppCode(3), MT, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.read_c2s(OTHER_APP, MT, None, 10).await.unwrap()[0].entry,
+        entry(99)
+    );
+}
+
+pub(super) async fn trim_keeps_about_max_len(store: Arc<dyn Store>) {
+    let max_len = 100;
+    let mut last = None;
+    for i in 0..500 {
+        last = Some(store.append_c2s(APP, MT, &entry(i), max_len).await.unwrap());
+    }
+    let left = store.read_c2s(APP, MT, None, 10_000).await.unwrap();
+    let n = left.len();
+    assert!(
+        n >= max_len as usize && n <= max_len as usize + TRIM_SLACK,
+        "{n} entries left"
+    );
+    // Trimming drops the oldest: what is left is the newest suffix.
+    assert_eq!(left.last().map(|e| e.id), last);
+    assert_eq!(left[0].entry, entry(500 - n as u32));
+}
+
+pub(super) async fn concurrent_appends_get_unique_ids(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append_c2s(APP, MT, &entry(i), 100_000).await })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    for t in tasks {
+        assert!(ids.insert(t.await.unwrap().unwrap()), "duplicate id");
+    }
+    let all = store.read_c2s(APP, MT, None, 1_000).await.unwrap();
+    assert_eq!(all.len(), 200);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(all.iter().map(|e| e.id).collect::<HashSet<_>>(), ids);
+}
+
+pub(super) async fn zero_max_len_is_bad_input(store: Arc<dyn Store>) {
+    let got = store.append_c2s(APP, MT, &entry(0), 0).await;
+    assert!(matches!(got, Err(StoreError::BadInput(_))), "{got:?}");
+}
