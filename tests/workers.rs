@@ -246,3 +246,93 @@ async fn a_worker_near_its_descriptor_limit_hands_new_connections_to_the_others(
         c.keepalive().await.expect("every client is served");
     }
 }
+
+#[tokio::test]
+async fn a_draining_gateway_leaves_the_directory_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tidegate.toml");
+    // Its lease outlives the drain (15 s default); the directory must still
+    // stop handing the gateway out the moment it starts draining.
+    std::fs::write(&cfg, format!("[gateway]\ndrain_timeout_s = 30\n{APPS}")).unwrap();
+    let cfg = cfg.display().to_string();
+    let data = dir.path().join("data").display().to_string();
+    let logic = Proc::start(&[
+        "logic",
+        "--config",
+        &cfg,
+        "--data",
+        &data,
+        "--link-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    let (mut link, mut http) = (None, None);
+    logic.wait_line(Duration::from_secs(30), |l| {
+        link = link.or(line_addr(l, "logic link"));
+        http = http.or(line_addr(l, "logic http"));
+        (l == "ready").then_some(())
+    });
+    let (link, http) = (link.unwrap(), http.unwrap());
+    let mut gw = Proc::start(&[
+        "gateway",
+        "--config",
+        &cfg,
+        "--logic",
+        &link.to_string(),
+        "--client-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]);
+    let client = gw.wait_line(Duration::from_secs(30), |l| line_addr(l, "client tcp"));
+    // A connected client, kicked with KICKOUT(draining) on SIGTERM.
+    let mut tries = 0;
+    let _stayer = loop {
+        match login(client, "stayer").await {
+            Ok(c) => break c,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("login: {e}"),
+        }
+    };
+    let gate = || async {
+        let r = reqwest::get(format!("http://{http}/v1/gate?app=1&uid=x"))
+            .await
+            .unwrap();
+        let ok = r.status().is_success();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        (
+            ok,
+            body["tcp"]
+                .as_str()
+                .map(|s| s.rsplit(':').next().unwrap().to_string()),
+        )
+    };
+    let port = client.port().to_string();
+    let mut listed = false;
+    for _ in 0..100 {
+        if gate().await.1.as_deref() == Some(&port) {
+            listed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(listed, "the gateway is in the directory");
+
+    signal(gw.pid(), "TERM");
+    let started = std::time::Instant::now();
+    loop {
+        if gate().await.1.as_deref() != Some(&port) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "still handed out while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = gw.wait_exit(Duration::from_secs(1));
+}

@@ -49,6 +49,10 @@ pub struct Shard {
     pub guard: Arc<Guard>,
     /// The process's descriptor budget, shared by its shards.
     pub fds: Arc<FdBudget>,
+    /// Open connections on this shard (reported in heartbeats).
+    live: Cell<usize>,
+    /// Set once draining starts (reported in heartbeats).
+    draining: Cell<bool>,
     /// The guard's list version this shard last checked sessions against.
     lists_version: Cell<u64>,
     accept_bucket: Cell<Bucket>,
@@ -80,6 +84,8 @@ impl Shard {
             lists_version: Cell::new(guard.version()),
             guard,
             fds,
+            live: Cell::new(0),
+            draining: Cell::new(false),
             accept_bucket: Cell::new(Bucket::full(cfg.flow.accept_burst, 0)),
             heartbeat: Default::default(),
             cfg,
@@ -129,6 +135,7 @@ impl Shard {
         self.metrics.accepted.increment(1);
         self.metrics.connections.increment(1.0);
         self.fds.acquire();
+        self.live.set(self.live.get() + 1);
         (id, conn)
     }
 
@@ -140,6 +147,7 @@ impl Shard {
         };
         self.metrics.connections.decrement(1.0);
         self.fds.release();
+        self.live.set(self.live.get() - 1);
         metrics::closed(reason.label());
         let session = conn.session.borrow();
         if let Some(notice) = session.closed_notice() {
@@ -416,6 +424,8 @@ impl Shard {
     /// Kicks every connection with KICKOUT(draining) so clients reconnect
     /// elsewhere; returns how many were open.
     pub fn kick_all_draining(&self) -> usize {
+        self.draining.set(true);
+        self.heartbeat_now();
         let conns: Vec<Rc<Conn>> = self.table.borrow().iter().cloned().collect();
         for conn in &conns {
             self.kick(

@@ -75,10 +75,9 @@ impl Shard {
             gate_id: self.gate_id.to_string(),
             shard: self.id,
             shards: 0,
-            // Counting is O(connections) every few seconds: negligible
-            // against the per-connection work it summarizes.
-            connections: self.table.borrow().iter().count() as u64,
-            draining: false,
+            connections: self.live.get() as u64,
+            // A draining gate is never handed out by the directory.
+            draining: self.draining.get(),
             client_addr: self.cfg.client_addr.to_string(),
             http_addr: String::new(),
             incarnation: incarnation(),
@@ -87,6 +86,12 @@ impl Shard {
             Header::new(Cmd::LinkHeartbeat, tidegate_proto::AppCode(0), 0),
             &beat,
         )
+    }
+
+    /// Sends a heartbeat now (e.g. the moment draining starts).
+    pub fn heartbeat_now(&self) {
+        self.heartbeat.last.set(None);
+        self.heartbeat_if_due();
     }
 
     /// Sends a heartbeat on every up link when one is due; call from the
