@@ -494,6 +494,23 @@ mod tests {
     }
 
     #[test]
+    fn connect_flapping_is_refused_and_earns_a_ban() {
+        let g = guard(GuardConfig {
+            max_connects_per_ip_per_s: 3,
+            ban_after_violations: 2,
+            ..GuardConfig::default()
+        });
+        let a = ip("192.0.2.9");
+        for _ in 0..3 {
+            assert!(g.admit(a).is_ok());
+            g.release(a);
+        }
+        assert_eq!(g.admit(a), Err(Reject::Flapping));
+        assert_eq!(g.admit(a), Err(Reject::Flapping));
+        assert_eq!(g.admit(a), Err(Reject::Banned), "two flapping violations ban");
+    }
+
+    #[test]
     fn uid_and_app_lists() {
         let g = guard(GuardConfig::default());
         g.add(ListKind::DenyUids, "1:mallory").unwrap();
