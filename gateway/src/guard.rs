@@ -507,7 +507,11 @@ mod tests {
         }
         assert_eq!(g.admit(a), Err(Reject::Flapping));
         assert_eq!(g.admit(a), Err(Reject::Flapping));
-        assert_eq!(g.admit(a), Err(Reject::Banned), "two flapping violations ban");
+        assert_eq!(
+            g.admit(a),
+            Err(Reject::Banned),
+            "two flapping violations ban"
+        );
     }
 
     #[test]
