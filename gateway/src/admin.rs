@@ -119,15 +119,24 @@ async fn get_lists(
     Ok(Json(json!({"file": file, "api": api, "bans": bans})))
 }
 
+/// The list and value of a PUT/DELETE, once the caller is authorized.
+fn list_request(
+    a: &Admin,
+    headers: &HeaderMap,
+    list: &str,
+    body: Result<Json<Entry>, JsonRejection>,
+) -> Result<(ListKind, String), AdminError> {
+    authorize(a, headers)?;
+    Ok((kind(list)?, entry(body)?))
+}
+
 async fn put_entry(
     State(a): State<Arc<Admin>>,
     Path(list): Path<String>,
     headers: HeaderMap,
     body: Result<Json<Entry>, JsonRejection>,
 ) -> Result<Json<Value>, AdminError> {
-    authorize(&a, &headers)?;
-    let kind = kind(&list)?;
-    let value = entry(body)?;
+    let (kind, value) = list_request(&a, &headers, &list, body)?;
     a.guard
         .add(kind, &value)
         .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_entry", e.0))?;
@@ -140,9 +149,7 @@ async fn delete_entry(
     headers: HeaderMap,
     body: Result<Json<Entry>, JsonRejection>,
 ) -> Result<Json<Value>, AdminError> {
-    authorize(&a, &headers)?;
-    let kind = kind(&list)?;
-    let value = entry(body)?;
+    let (kind, value) = list_request(&a, &headers, &list, body)?;
     let removed = a
         .guard
         .remove(kind, &value)

@@ -105,22 +105,7 @@ mod tests {
     }
 
     fn parse_all(bytes: &[u8]) -> Vec<Result<Frame, String>> {
-        let mut buf = BytesMut::from(bytes);
-        let mut out = Vec::new();
-        loop {
-            match Frame::parse(&mut buf, DEFAULT_MAX_BODY) {
-                Ok(Some(f)) => out.push(Ok(f)),
-                Ok(None) => break,
-                Err(e) => {
-                    let fatal = e.is_fatal();
-                    out.push(Err(e.label().to_string()));
-                    if fatal {
-                        break;
-                    }
-                }
-            }
-        }
-        out
+        parse_split(bytes, &[])
     }
 
     /// Feeds `bytes` in pieces cut at `cuts`, parsing after each piece, as a
