@@ -52,16 +52,7 @@ impl Tidegate {
             .args(["--link-addr", "127.0.0.1:0"])
             .args(["--http-addr", "127.0.0.1:0"])
             .args(["--shards", "2"]);
-        match backend {
-            Backend::Embedded => cmd.arg("--data").arg(dir.path().join("data")),
-            Backend::Redis(url) => cmd.args(["--redis", url]),
-        };
-        let mut child = cmd
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tidegate");
+        let mut child = spawn_on(cmd, backend, dir.path());
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -134,6 +125,19 @@ impl Drop for Tidegate {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Spawns `cmd` on `backend` (its data under `dir` when embedded), stdout piped.
+fn spawn_on(mut cmd: Command, backend: &Backend, dir: &std::path::Path) -> Child {
+    match backend {
+        Backend::Embedded => cmd.arg("--data").arg(dir.join("data")),
+        Backend::Redis(url) => cmd.args(["--redis", url]),
+    };
+    cmd.env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn tidegate")
 }
 
 /// Mints a token with the real `tidegate token` command.
@@ -224,16 +228,7 @@ impl LogicProc {
             .arg(&cfg)
             .args(["--link-addr", "127.0.0.1:0"])
             .args(["--http-addr", "127.0.0.1:0"]);
-        match backend {
-            Backend::Embedded => cmd.arg("--data").arg(dir.path().join("data")),
-            Backend::Redis(url) => cmd.args(["--redis", url]),
-        };
-        let mut child = cmd
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tidegate logic");
+        let mut child = spawn_on(cmd, backend, dir.path());
         let banner = read_banner(&mut child, "tidegate logic");
         LogicProc {
             link: banner_addr(&banner, "logic link"),
