@@ -51,6 +51,8 @@ enum Command {
 enum BenchCmd {
     /// Hold N logged-in connections; report gateway and kernel memory per connection.
     Idle(tidegate_bench::idle::IdleArgs),
+    /// HTTP push → client receive: delivered targets/s and latency percentiles.
+    Push(tidegate_bench::push::PushArgs),
 }
 
 #[derive(Args)]
@@ -163,6 +165,11 @@ fn main() -> anyhow::Result<()> {
         Command::Client(a) => cli_client::run(a),
         Command::Bench(BenchCmd::Idle(a)) => {
             let report = runtime()?.block_on(tidegate_bench::idle::run(a))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Bench(BenchCmd::Push(a)) => {
+            let report = runtime()?.block_on(tidegate_bench::push::run(a))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

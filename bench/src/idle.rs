@@ -88,6 +88,11 @@ pub struct IdleReport {
 /// Runs the scenario.
 pub async fn run(args: IdleArgs) -> anyhow::Result<IdleReport> {
     anyhow::ensure!(args.hold_s <= 600, "--hold-s is at most 600");
+    anyhow::ensure!(
+        args.target.ip().is_loopback(),
+        "bench targets loopback addresses only, not {}",
+        args.target
+    );
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
     check_fd_budget(args.connections)?;
     let auth = Arc::new(Auth::new(
@@ -193,7 +198,7 @@ fn delta(before: SockStat, after: SockStat) -> f64 {
     after.mem_bytes as f64 - before.mem_bytes as f64
 }
 
-async fn connect_and_login(
+pub(crate) async fn connect_and_login(
     target: SocketAddr,
     i: usize,
     app: AppCode,
@@ -214,7 +219,7 @@ async fn connect_and_login(
 }
 
 /// Refuses a run that would exceed this process's descriptor limit.
-fn check_fd_budget(connections: usize) -> anyhow::Result<()> {
+pub(crate) fn check_fd_budget(connections: usize) -> anyhow::Result<()> {
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
     let soft = limits
         .lines()

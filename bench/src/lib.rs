@@ -5,6 +5,7 @@
 
 pub mod idle;
 pub mod procfs;
+pub mod push;
 pub mod sources;
 
 use hdrhistogram::Histogram;

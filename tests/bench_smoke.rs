@@ -1,0 +1,79 @@
+//! A seconds-long smoke of each `tidegate bench` scenario against a real
+//! `tidegate up` (the long runs are README commands, not tests).
+
+mod common;
+
+use common::{Backend, Tidegate, BIN};
+use serde_json::Value;
+use std::process::Command;
+
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("tidegate bench");
+    assert!(
+        out.status.success(),
+        "bench {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON report")
+}
+
+#[test]
+fn idle_and_push_scenarios_run_and_report() {
+    let tg = Tidegate::up(&Backend::Embedded, "");
+    let target = tg.client.to_string();
+    let idle = bench(&[
+        "idle",
+        "--target",
+        &target,
+        "--connections",
+        "50",
+        "--hold-s",
+        "1",
+        "--gateway-pid",
+        &tg.pid().to_string(),
+    ]);
+    assert_eq!(idle["logged_in"], 50);
+    assert!(idle["gateway_bytes_per_conn"].as_f64().is_some());
+    assert!(idle["login_latency"]["p99_us"].as_u64().unwrap() > 0);
+
+    let http = tg.http.to_string();
+    let push = bench(&[
+        "push",
+        "--target",
+        &target,
+        "--http",
+        &http,
+        "--connections",
+        "20",
+        "--batch",
+        "10",
+        "--requests",
+        "10",
+    ]);
+    assert_eq!(push["delivered"], 100, "{push}");
+    assert!(push["targets_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(push["latency"]["count"], 100);
+}
+
+#[test]
+fn bench_refuses_non_loopback_targets() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "idle",
+            "--target",
+            "192.0.2.1:7000",
+            "--connections",
+            "1",
+            "--hold-s",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
