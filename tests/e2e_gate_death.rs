@@ -31,15 +31,7 @@ api_key = "tidegate-dev-api-key-app-1"
 }
 
 async fn get(logic: &LogicProc, path: &str) -> Value {
-    reqwest::Client::new()
-        .get(logic.url(path))
-        .bearer_auth(DEV_API_KEY)
-        .send()
-        .await
-        .expect("http")
-        .json()
-        .await
-        .expect("json")
+    common::get_json(&logic.url(path)).await
 }
 
 async fn online(logic: &LogicProc, uid: &str) -> bool {

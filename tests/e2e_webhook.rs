@@ -6,7 +6,7 @@ mod common;
 
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{metric, token, Backend, Tidegate, DEV_API_KEY};
+use common::{metric, token, Backend, Tidegate};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,15 +34,7 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
 }
 
 async fn get(tg: &Tidegate, path: &str) -> Value {
-    reqwest::Client::new()
-        .get(tg.url(path))
-        .bearer_auth(DEV_API_KEY)
-        .send()
-        .await
-        .expect("http")
-        .json()
-        .await
-        .expect("json")
+    common::get_json(&tg.url(path)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,18 +95,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleReport> {
     );
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
     check_fd_budget(args.connections)?;
-    let auth = Arc::new(Auth::new(
-        &[AppConfig {
-            code: args.app,
-            name: String::new(),
-            secrets: vec![args.secret.clone()],
-            api_key: String::new(),
-            c2s_max_len: None,
-            device_policy: Default::default(),
-            c2s_webhook: None,
-        }],
-        0,
-    ));
+    let auth = Arc::new(minting_auth(args.app, &args.secret));
     let rss = |pid: Option<u32>| pid.and_then(|p| procfs::rss_bytes(p).ok());
     let before = rss(args.gateway_pid);
     let sock_before = procfs::sockstat()?;
@@ -216,6 +205,20 @@ pub(crate) async fn connect_and_login(
         Err(ClientError::Server { code, .. }) => Err(format!("error_{code}")),
         Err(e) => Err(format!("login: {e}")),
     }
+}
+
+/// Token minting for the bench's clients: the app's secret, nothing else.
+pub(crate) fn minting_auth(app: u16, secret: &str) -> Auth {
+    let app = AppConfig {
+        code: app,
+        name: String::new(),
+        secrets: vec![secret.to_string()],
+        api_key: String::new(),
+        c2s_max_len: None,
+        device_policy: Default::default(),
+        c2s_webhook: None,
+    };
+    Auth::new(&[app], 0)
 }
 
 /// Refuses a run that would exceed this process's descriptor limit.

@@ -12,8 +12,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tidegate_logic::auth::Auth;
-use tidegate_logic::config::AppConfig;
 use tidegate_proto::AppCode;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -88,18 +86,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<PushReport> {
     );
     anyhow::ensure!(args.requests <= 100_000, "--requests is at most 100000");
     idle::check_fd_budget(args.connections)?;
-    let auth = Auth::new(
-        &[AppConfig {
-            code: args.app,
-            name: String::new(),
-            secrets: vec![args.secret.clone()],
-            api_key: String::new(),
-            c2s_max_len: None,
-            device_policy: Default::default(),
-            c2s_webhook: None,
-        }],
-        0,
-    );
+    let auth = idle::minting_auth(args.app, &args.secret);
     let app = AppCode(args.app);
     let mut clients = Vec::with_capacity(args.connections);
     for i in 0..args.connections {

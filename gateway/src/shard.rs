@@ -440,7 +440,7 @@ impl Shard {
 
     /// Whether any connection is still open.
     pub fn has_connections(&self) -> bool {
-        self.table.borrow().iter().next().is_some()
+        self.live.get() > 0
     }
 
     /// After the lists changed, kicks sessions whose app or uid is now denied.

@@ -223,14 +223,25 @@ fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The query pairs and app of an app-scoped GET, once its API key is
+/// checked against that app.
+fn app_query(
+    logic: &Logic,
+    headers: &HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<(Vec<(String, String)>, AppCode), ApiError> {
+    let Query(pairs) = query?;
+    let app = app_param(&pairs)?;
+    authorize(logic, headers, app)?;
+    Ok((pairs, app))
+}
+
 async fn presence_handler(
     State(logic): State<Arc<Logic>>,
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(pairs) = query?;
-    let app = app_param(&pairs)?;
-    authorize(&logic, &headers, app)?;
+    let (pairs, app) = app_query(&logic, &headers, query)?;
     let uids: Vec<&str> = pairs
         .iter()
         .filter(|(k, _)| k == "uid")
@@ -269,9 +280,7 @@ async fn stream_handler(
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(pairs) = query?;
-    let app = app_param(&pairs)?;
-    authorize(&logic, &headers, app)?;
+    let (pairs, app) = app_query(&logic, &headers, query)?;
     let msgtype = match param(&pairs, "msgtype") {
         None => MsgType(0),
         Some(v) => MsgType(

@@ -140,6 +140,19 @@ fn spawn_on(mut cmd: Command, backend: &Backend, dir: &std::path::Path) -> Child
         .expect("spawn tidegate")
 }
 
+/// GETs `url` with the development app's API key; the JSON body.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(DEV_API_KEY)
+        .send()
+        .await
+        .expect("http")
+        .json()
+        .await
+        .expect("json")
+}
+
 /// Mints a token with the real `tidegate token` command.
 pub fn token(app: u16, uid: &str) -> String {
     let out = Command::new(BIN)

@@ -18,9 +18,9 @@
 //! MVCC read transactions and never wait for the writer.
 
 use super::{
-    c2s_stream_key, current_incarnations, fold_gates, session_is_live, C2sEntry, DevicePolicy,
-    GateInfo, GateShardStatus, LoginOutcome, NewSession, SessionKey, SessionRecord, Store,
-    StoreError, StreamEntry, StreamId,
+    c2s_stream_key, check_max_len, current_incarnations, fold_gates, session_is_live, C2sEntry,
+    DevicePolicy, GateInfo, GateShardStatus, LoginOutcome, NewSession, SessionKey, SessionRecord,
+    Store, StoreError, StreamEntry, StreamId,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -268,11 +268,7 @@ impl Store for EmbeddedStore {
         entry: &C2sEntry,
         max_len: u64,
     ) -> Result<StreamId, StoreError> {
-        if max_len == 0 {
-            return Err(StoreError::BadInput(
-                "c2s max_len 0 would drop every message".into(),
-            ));
-        }
+        check_max_len(max_len)?;
         let op = Op::AppendC2s {
             stream: c2s_stream_key(app, msgtype),
             encoded: encode_entry(entry),

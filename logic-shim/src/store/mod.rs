@@ -371,6 +371,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<StreamEntry>, StoreError>;
 }
 
+/// Refuses a stream length no backend can honour (every message would be
+/// trimmed away at once); both backends call it first in `append_c2s`.
+pub(crate) fn check_max_len(max_len: u64) -> Result<(), StoreError> {
+    if max_len == 0 {
+        return Err(StoreError::BadInput(
+            "c2s max_len 0 would drop every message".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The Redis key of an app's c2s stream, documented for consumer groups:
 /// `XREADGROUP GROUP <g> <consumer> STREAMS c2s:<app>:<msgtype> >`.
 pub fn c2s_stream_key(app: AppCode, msgtype: MsgType) -> String {

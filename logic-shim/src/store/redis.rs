@@ -26,8 +26,9 @@ mod codec;
 mod conn;
 
 use super::{
-    c2s_stream_key, fold_gates, session_is_live, C2sEntry, DevicePolicy, GateInfo, GateShardStatus,
-    LoginOutcome, NewSession, SessionKey, SessionRecord, Store, StoreError, StreamEntry, StreamId,
+    c2s_stream_key, check_max_len, fold_gates, session_is_live, C2sEntry, DevicePolicy, GateInfo,
+    GateShardStatus, LoginOutcome, NewSession, SessionKey, SessionRecord, Store, StoreError,
+    StreamEntry, StreamId,
 };
 use async_trait::async_trait;
 use codec::{hash_pairs, parse_session, parse_xrange, StoredSession, StoredShard};
@@ -351,11 +352,7 @@ impl Store for RedisStore {
         entry: &C2sEntry,
         max_len: u64,
     ) -> Result<StreamId, StoreError> {
-        if max_len == 0 {
-            return Err(StoreError::BadInput(
-                "c2s max_len 0 would drop every message".into(),
-            ));
-        }
+        check_max_len(max_len)?;
         let key = c2s_stream_key(app, msgtype);
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&key)
