@@ -4,6 +4,7 @@
 //! the bench issue arrive with it.
 
 pub mod idle;
+pub mod mqtt;
 pub mod procfs;
 pub mod push;
 pub mod sources;
