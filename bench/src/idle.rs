@@ -102,33 +102,17 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleReport> {
     let slab_before = procfs::tcp_slab_bytes();
     let started = Instant::now();
 
-    let gate = Arc::new(Semaphore::new(args.concurrency));
-    let mut logins = JoinSet::new();
-    for i in 0..args.connections {
-        let permit = gate.clone().acquire_owned().await?;
+    let (target, app) = (args.target, AppCode(args.app));
+    let Storm {
+        clients,
+        failures,
+        latency,
+        took,
+    } = storm(args.connections, args.concurrency, move |i| {
         let auth = auth.clone();
-        let target = args.target;
-        let app = AppCode(args.app);
-        logins.spawn(async move {
-            let t0 = Instant::now();
-            let r = connect_and_login(target, i, app, &auth).await;
-            drop(permit);
-            r.map(|c| (c, t0.elapsed()))
-        });
-    }
-    let mut clients = Vec::with_capacity(args.connections);
-    let mut failures = BTreeMap::new();
-    let mut latency = Recorder::new();
-    while let Some(r) = logins.join_next().await {
-        match r? {
-            Ok((c, took)) => {
-                latency.record(took);
-                clients.push(c);
-            }
-            Err(reason) => *failures.entry(reason).or_insert(0) += 1,
-        }
-    }
-    let storm = started.elapsed();
+        async move { connect_and_login(target, i, app, &auth).await }
+    })
+    .await?;
     let logged_in = clients.len();
 
     // Keep every session alive (keepalive below the idle timeout) while
@@ -165,7 +149,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleReport> {
         requested: args.connections,
         logged_in,
         failures,
-        login_rate_per_s: logged_in as f64 / storm.as_secs_f64(),
+        login_rate_per_s: logged_in as f64 / took.as_secs_f64(),
         login_latency: latency.percentiles(),
         gateway_rss_before: before,
         gateway_rss_idle: idle,
@@ -181,6 +165,62 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleReport> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(report)
+}
+
+/// The clients a connection storm opened, and what opening them took.
+pub(crate) struct Storm<C> {
+    /// Clients that connected (and logged in or subscribed).
+    pub clients: Vec<C>,
+    /// Failures by reason.
+    pub failures: BTreeMap<String, u64>,
+    /// Per-client open latency.
+    pub latency: Recorder,
+    /// First connect to last answer.
+    pub took: Duration,
+}
+
+/// Opens `connections` clients with `open(i)`, at most `concurrency` at once.
+pub(crate) async fn storm<C, F, Fut>(
+    connections: usize,
+    concurrency: usize,
+    open: F,
+) -> anyhow::Result<Storm<C>>
+where
+    C: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<C, String>> + Send + 'static,
+{
+    let started = Instant::now();
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let mut opens = JoinSet::new();
+    for i in 0..connections {
+        let permit = gate.clone().acquire_owned().await?;
+        let opening = open(i);
+        opens.spawn(async move {
+            let t0 = Instant::now();
+            let r = opening.await;
+            drop(permit);
+            r.map(|c| (c, t0.elapsed()))
+        });
+    }
+    let mut clients = Vec::with_capacity(connections);
+    let mut failures = BTreeMap::new();
+    let mut latency = Recorder::new();
+    while let Some(r) = opens.join_next().await {
+        match r? {
+            Ok((c, took)) => {
+                latency.record(took);
+                clients.push(c);
+            }
+            Err(reason) => *failures.entry(reason).or_insert(0) += 1,
+        }
+    }
+    Ok(Storm {
+        clients,
+        failures,
+        latency,
+        took: started.elapsed(),
+    })
 }
 
 fn delta(before: SockStat, after: SockStat) -> f64 {
