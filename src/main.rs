@@ -53,6 +53,8 @@ enum BenchCmd {
     Idle(tidegate_bench::idle::IdleArgs),
     /// HTTP push → client receive: delivered targets/s and latency percentiles.
     Push(tidegate_bench::push::PushArgs),
+    /// Tidegate vs a peer server (Mosquitto) in one run: memory per connection, fan-out, p99.
+    Peers(tidegate_bench::peers::PeersArgs),
 }
 
 #[derive(Args)]
@@ -170,6 +172,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(BenchCmd::Push(a)) => {
             let report = runtime()?.block_on(tidegate_bench::push::run(a))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Bench(BenchCmd::Peers(a)) => {
+            let report = runtime()?.block_on(tidegate_bench::peers::run(a))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

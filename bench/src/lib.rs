@@ -5,6 +5,7 @@
 
 pub mod idle;
 pub mod mqtt;
+pub mod peers;
 pub mod procfs;
 pub mod push;
 pub mod sources;

@@ -1,0 +1,165 @@
+//! Server processes bench starts for a peer run, and the guarantee that they
+//! stop with it: killed and reaped on drop (errors, deadline), and killed by
+//! the kernel if bench itself dies first (`PR_SET_PDEATHSIG`).
+
+use anyhow::Context;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A server process bench started: SIGKILLed and reaped when dropped.
+pub struct Server {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `cmd` with stdin closed, stderr appended to `log` and stdout
+    /// kept for [`Server::stdout_lines`].
+    pub fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Server> {
+        let err =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        // The signal fires when the thread that spawned the child exits:
+        // bench spawns from the runtime's long-lived threads, so in practice
+        // when bench exits, however it exits.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+        Ok(Server {
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How the process ended, if it has.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The process's stdout as lines, read by a thread that keeps draining
+    /// it so the process never blocks on a full pipe. Once only.
+    pub fn stdout_lines(&mut self) -> Option<mpsc::UnboundedReceiver<String>> {
+        let stdout = self.child.stdout.take()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Some(rx)
+    }
+
+    /// The last lines of its log, for an error message.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The last few lines of a log file ("" if unreadable).
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+/// A loopback port nothing listens on right now (bound, then released; a
+/// caller that loses the race retries with another).
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// `name` on PATH, or in the sbin directories a non-root PATH leaves out
+/// (Debian installs `mosquitto` in /usr/sbin).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A thread that ends the whole process if the run outlives its hard
+/// deadline by `grace` (a wedged runtime would never let the async timeout
+/// fire); children then die through `PR_SET_PDEATHSIG`. Disarmed on drop.
+pub struct Watchdog {
+    _disarm: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    /// Arms it: exit after `limit`.
+    pub fn arm(limit: Duration) -> Watchdog {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!("bench: hard deadline of {limit:?} passed; exiting");
+                std::process::exit(3);
+            }
+        });
+        Watchdog { _disarm: tx }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_server_is_killed_and_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sleep");
+        cmd.arg("600");
+        let server = Server::spawn(cmd, &dir.path().join("log")).unwrap();
+        let pid = server.pid();
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        drop(server);
+        // Reaped, so the pid is gone (not a zombie awaiting wait()).
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn stdout_is_read_as_lines_and_stderr_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo one; echo two; echo oops >&2"]);
+        let mut server = Server::spawn(cmd, &dir.path().join("log")).unwrap();
+        let mut lines = server.stdout_lines().unwrap();
+        assert_eq!(lines.blocking_recv().as_deref(), Some("one"));
+        assert_eq!(lines.blocking_recv().as_deref(), Some("two"));
+        assert_eq!(lines.blocking_recv(), None);
+        assert!(server.child.wait().unwrap().success());
+        assert!(server.exited().is_some());
+        assert_eq!(server.log_tail(), "oops");
+    }
+
+    #[test]
+    fn programs_are_found_on_path() {
+        assert!(find_program("sh").is_some());
+        assert!(find_program("no-such-program-tidegate").is_none());
+    }
+}
