@@ -377,6 +377,11 @@ where
             .map(|(b, i)| (i as f64 - b as f64) / held as f64),
     };
 
+    let cpu = || {
+        let server = pid.and_then(|p| procfs::cpu_seconds(p).ok());
+        (server, procfs::cpu_seconds(std::process::id()).ok())
+    };
+    let cpu_before = cpu();
     let epoch = Instant::now();
     let deadline = tokio::time::Instant::now() + plan.receive_timeout;
     let readers = fanout::spawn_readers(storm.clients, plan.messages, epoch, deadline);
@@ -385,6 +390,10 @@ where
         .context("sending did not finish within --receive-timeout-s")??;
     let (subscribers, mut fanout) =
         fanout::collect(readers, plan.messages, sent.started, &sent.latency).await?;
+    let cpu_after = cpu();
+    let spent = |b: Option<f64>, a: Option<f64>| b.zip(a).map(|(b, a)| a - b);
+    fanout.server_cpu_s = spent(cpu_before.0, cpu_after.0);
+    fanout.bench_cpu_s = spent(cpu_before.1, cpu_after.1);
     fanout.rss_after = rss();
     drop(subscribers);
     Ok(SideReport {
@@ -475,6 +484,8 @@ mod tests {
                 latency: pct.clone(),
                 send_latency: pct,
                 rss_after: None,
+                server_cpu_s: None,
+                bench_cpu_s: None,
             },
         }
     }

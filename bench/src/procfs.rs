@@ -17,6 +17,25 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
+/// CPU time `pid` has used, user + system, in seconds (/proc/PID/stat).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: fields count from
+    // the last ')'. utime and stime are fields 14 and 15 of the whole line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    anyhow::ensure!(ticks.len() == 2, "no utime/stime in /proc/{pid}/stat");
+    // SAFETY: sysconf reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks[0] + ticks[1]) as f64 / hz)
+}
+
 /// Kernel-wide TCP socket counters from /proc/net/sockstat.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct SockStat {
@@ -87,5 +106,13 @@ mod tests {
     fn reads_our_own_rss_and_sockstat() {
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
         sockstat().unwrap();
+    }
+
+    #[test]
+    fn reads_cpu_time_spent() {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(50) {}
+        let used = cpu_seconds(std::process::id()).unwrap();
+        assert!(used >= 0.01, "{used}");
     }
 }

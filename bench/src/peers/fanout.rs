@@ -134,6 +134,11 @@ pub struct FanoutReport {
     pub send_latency: Percentiles,
     /// Server RSS after fan-out, connections still open.
     pub rss_after: Option<u64>,
+    /// CPU seconds the server used from first send to last receipt (÷
+    /// duration_s ≈ cores it kept busy; 1.0 = Mosquitto's one thread saturated).
+    pub server_cpu_s: Option<f64>,
+    /// CPU seconds bench itself used meanwhile (readers, sender), on the same cores.
+    pub bench_cpu_s: Option<f64>,
 }
 
 /// Waits for every reader; the subscribers back, and the figures.
@@ -171,6 +176,8 @@ pub async fn collect<S: Subscriber>(
         latency: latency.percentiles(),
         send_latency: send_latency.percentiles(),
         rss_after: None,
+        server_cpu_s: None,
+        bench_cpu_s: None,
     };
     Ok((subscribers, report))
 }
