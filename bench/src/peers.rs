@@ -135,6 +135,11 @@ pub struct Machine {
     pub cpus: usize,
     /// Kernel release.
     pub kernel: String,
+    /// 1-minute load average when the run started: other work on the same
+    /// cores moves every figure, so read them together with it.
+    pub load_1m_before: Option<f64>,
+    /// 1-minute load average when the run ended.
+    pub load_1m_after: Option<f64>,
 }
 
 /// One side's figures.
@@ -278,6 +283,7 @@ fn plan_of(args: &PeersArgs) -> anyhow::Result<Plan> {
 /// closed before the other's start.
 async fn both_sides(args: &PeersArgs, plan: Plan) -> anyhow::Result<PeersReport> {
     let version = env!("CARGO_PKG_VERSION");
+    let load_before = load_1m();
     let tidegate = match (args.target, args.http) {
         (Some(client), Some(http)) => {
             let ep = endpoint(args, client, http, args.gateway_pid);
@@ -313,7 +319,14 @@ async fn both_sides(args: &PeersArgs, plan: Plan) -> anyhow::Result<PeersReport>
     };
     Ok(PeersReport {
         plan,
-        machine: machine(),
+        machine: Machine {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            load_1m_before: load_before,
+            load_1m_after: load_1m(),
+        },
         ratios: ratios(&tidegate, &peer),
         targets: targets(&tidegate, &peer),
         tidegate,
@@ -439,13 +452,13 @@ fn targets(t: &SideReport, p: &SideReport) -> Targets {
     }
 }
 
-fn machine() -> Machine {
-    Machine {
-        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default(),
-    }
+fn load_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
