@@ -15,9 +15,13 @@
 //! * `{tg:gates}:inc` — hash gate id → the incarnation of its newest
 //!   heartbeat (same slot as `tg:gates`: the tag is the whole other key), so
 //!   a restarted gate's old sessions read as offline at once;
+//! * `tg:{<app>:<uid>}:inbox` — the user's offline inbox: a stream of
+//!   pushes (fields `t` msgtype, `x` expiry ms, `p` encoded push), trimmed
+//!   exactly to the configured length, acknowledged by `XTRIM MINID`, and
+//!   expiring with its longest-lived message;
 //! * `c2s:<app>:<msgtype>` — the app's c2s stream ([`c2s_stream_key`]).
 //!
-//! Both per-user keys carry the same hash tag, so the one Lua script per
+//! The per-user keys carry the same hash tag, so the one Lua script per
 //! presence transition touches a single cluster slot. Presence reads filter
 //! by `tg:gates` in the same round trip (a pipeline on a single node; on a
 //! cluster, concurrent commands the multiplexed connections pipeline).
@@ -26,12 +30,14 @@ mod codec;
 mod conn;
 
 use super::{
-    c2s_stream_key, check_max_len, fold_gates, session_is_live, C2sEntry, DevicePolicy, GateInfo,
-    GateShardStatus, LoginOutcome, NewSession, SessionKey, SessionRecord, Store, StoreError,
-    StreamEntry, StreamId,
+    c2s_stream_key, check_max_len, fold_gates, inbox_page, session_is_live, C2sEntry, DevicePolicy,
+    GateInfo, GateShardStatus, InboxEntry, InboxMessage, InboxPage, LoginOutcome, NewSession,
+    SessionKey, SessionRecord, Store, StoreError, StreamEntry, StreamId,
 };
 use async_trait::async_trait;
-use codec::{hash_pairs, parse_session, parse_xrange, StoredSession, StoredShard};
+use codec::{
+    c2s_entry, hash_pairs, inbox_message, parse_session, parse_xrange, StoredSession, StoredShard,
+};
 use conn::Conn;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use std::collections::HashMap;
@@ -352,7 +358,7 @@ impl Store for RedisStore {
         entry: &C2sEntry,
         max_len: u64,
     ) -> Result<StreamId, StoreError> {
-        check_max_len(max_len)?;
+        check_max_len("c2s", max_len)?;
         let key = c2s_stream_key(app, msgtype);
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&key)
@@ -391,9 +397,107 @@ impl Store for RedisStore {
         cmd.arg(&key).arg(start).arg("+").arg("COUNT").arg(limit);
         let mut conn = self.conn.clone();
         let reply: Value = bounded(cmd.query_async(&mut conn)).await?;
-        parse_xrange(&key, reply)
+        let entries = parse_xrange(&key, reply, c2s_entry)?;
+        Ok(entries
+            .into_iter()
+            .map(|(id, entry)| StreamEntry { id, entry })
+            .collect())
+    }
+
+    async fn store_offline(
+        &self,
+        app: AppCode,
+        uids: &[String],
+        message: &InboxMessage,
+        max_len: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        check_max_len("offline inbox", max_len)?;
+        let ttl_ms = message.expires_ms.saturating_sub(now_ms()).max(1);
+        let mut cmds = Vec::with_capacity(uids.len() * INBOX_STORE_CMDS);
+        for uid in uids {
+            let key = inbox_key(app, uid);
+            let mut add = redis::cmd("XADD");
+            add.arg(&key)
+                .arg("*")
+                .arg("t")
+                .arg(message.msgtype.0)
+                .arg("x")
+                .arg(message.expires_ms)
+                .arg("p")
+                .arg(message.push.as_ref());
+            // Exact trim: its reply is the eviction count the API reports.
+            let mut trim = redis::cmd("XTRIM");
+            trim.arg(&key).arg("MAXLEN").arg(max_len);
+            // The inbox outlives its longest-lived message: NX gives a new
+            // inbox a lifetime, GT only ever extends it.
+            let mut first = redis::cmd("PEXPIRE");
+            first.arg(&key).arg(ttl_ms).arg("NX");
+            let mut extend = redis::cmd("PEXPIRE");
+            extend.arg(&key).arg(ttl_ms).arg("GT");
+            cmds.extend([add, trim, first, extend]);
+        }
+        let replies = bounded(self.conn.query_many(cmds)).await?;
+        replies
+            .chunks(INBOX_STORE_CMDS)
+            .map(|r| {
+                redis::from_redis_value::<u64>(r[1].clone())
+                    .map_err(|e| StoreError::Corrupt(format!("XTRIM inbox: {e}")))
+            })
+            .collect()
+    }
+
+    async fn read_offline(
+        &self,
+        app: AppCode,
+        uid: &str,
+        after: Option<StreamId>,
+        limit: usize,
+    ) -> Result<InboxPage, StoreError> {
+        if limit == 0 {
+            return Ok(InboxPage::default());
+        }
+        let key = inbox_key(app, uid);
+        let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(&key)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit + 1);
+        let mut conn = self.conn.clone();
+        let reply: Value = bounded(cmd.query_async(&mut conn)).await?;
+        let scanned = parse_xrange(&key, reply, inbox_message)?
+            .into_iter()
+            .map(|(id, message)| InboxEntry { id, message })
+            .collect();
+        Ok(inbox_page(scanned, limit, now_ms()))
+    }
+
+    async fn ack_offline(
+        &self,
+        app: AppCode,
+        uid: &str,
+        up_to: StreamId,
+    ) -> Result<u64, StoreError> {
+        // MINID keeps ids ≥ its argument: the successor of `up_to`.
+        let keep_from = match up_to.seq.checked_add(1) {
+            Some(seq) => StreamId { seq, ..up_to },
+            None => StreamId {
+                ms: up_to.ms.saturating_add(1),
+                seq: 0,
+            },
+        };
+        let mut cmd = redis::cmd("XTRIM");
+        cmd.arg(inbox_key(app, uid))
+            .arg("MINID")
+            .arg(keep_from.to_string());
+        let mut conn = self.conn.clone();
+        bounded(cmd.query_async(&mut conn)).await
     }
 }
+
+/// Commands [`RedisStore::store_offline`] pipelines per user.
+const INBOX_STORE_CMDS: usize = 4;
 
 /// Runs one Redis call under [`OP_TIMEOUT`], mapping its error.
 async fn bounded<T>(fut: impl Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
@@ -427,6 +531,11 @@ fn presence_key(app: AppCode, uid: &str) -> String {
 /// Lease hash of one gate.
 fn gate_key(gate_id: &str) -> String {
     format!("tg:gate:{{{}}}", tag_safe(gate_id))
+}
+
+/// Offline inbox stream of one user; same hash tag as [`presence_key`].
+fn inbox_key(app: AppCode, uid: &str) -> String {
+    format!("tg:{{{app}:{}}}:inbox", tag_safe(uid))
 }
 
 /// Epoch counter of one user; same hash tag as [`presence_key`].
@@ -479,6 +588,7 @@ mod tests {
         };
         let p = presence_key(AppCode(3), uid);
         assert_eq!(tag(&p), tag(&epoch_key(AppCode(3), uid)));
+        assert_eq!(tag(&p), tag(&inbox_key(AppCode(3), uid)));
         assert_eq!(tag(&p), "3:x%7Dy%7Bz");
     }
 }
