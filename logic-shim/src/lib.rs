@@ -10,6 +10,7 @@ mod c2s;
 pub mod config;
 mod gates;
 mod link;
+mod offline;
 mod presence;
 mod push;
 mod reach;

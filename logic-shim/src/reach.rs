@@ -28,7 +28,7 @@ pub struct ReachCounts {
     pub written: u64,
     /// Client acknowledgements.
     pub acked: u64,
-    /// Stored for an offline target (no offline storage yet: always 0).
+    /// Targets with no live session whose push went to the offline inbox.
     pub stored: u64,
 }
 
@@ -43,6 +43,8 @@ pub enum Stage {
     Written,
     /// See [`ReachCounts::acked`].
     Acked,
+    /// See [`ReachCounts::stored`].
+    Stored,
 }
 
 impl Stage {
@@ -52,6 +54,7 @@ impl Stage {
             Stage::Online => "online",
             Stage::Written => "written",
             Stage::Acked => "acked",
+            Stage::Stored => "stored",
         }
     }
 }
@@ -85,6 +88,7 @@ impl Reach {
             Stage::Online => &mut c.online,
             Stage::Written => &mut c.written,
             Stage::Acked => &mut c.acked,
+            Stage::Stored => &mut c.stored,
         };
         *field += n;
     }
