@@ -34,6 +34,8 @@ pub struct LogicConfig {
     /// Most messages in one OFFLINE_BATCH (and the page size of a pull
     /// with limit 0).
     pub offline_pull_max: u32,
+    /// How often reach counters are added to the store's totals, ms.
+    pub reach_flush_ms: u64,
     /// Gate lease length, ms: a gate's sessions read as offline this long
     /// after its last heartbeat. Gates heartbeat every third of it.
     pub gate_lease_ms: u64,
@@ -55,6 +57,7 @@ impl Default for LogicConfig {
             offline_ttl_s: 7 * 86_400,
             offline_max_ttl_s: 30 * 86_400,
             offline_pull_max: 100,
+            reach_flush_ms: 1_000,
             gate_lease_ms: 15_000,
             admin_key: None,
         }
@@ -230,6 +233,9 @@ impl LogicConfig {
         }
         if !(1..=10_000).contains(&self.offline_pull_max) {
             return Err(err("logic.offline_pull_max", "must be 1 to 10000"));
+        }
+        if !(10..=60_000).contains(&self.reach_flush_ms) {
+            return Err(err("logic.reach_flush_ms", "must be 10 to 60000"));
         }
         if self.gate_lease_ms < 300 {
             return Err(err(

@@ -21,7 +21,8 @@
 use super::{
     c2s_stream_key, check_max_len, current_incarnations, fold_gates, inbox_page, session_is_live,
     C2sEntry, DevicePolicy, GateInfo, GateShardStatus, InboxEntry, InboxMessage, InboxPage,
-    LoginOutcome, NewSession, SessionKey, SessionRecord, Store, StoreError, StreamEntry, StreamId,
+    LoginOutcome, NewSession, ReachCounts, ReachDelta, SessionKey, SessionRecord, Store,
+    StoreError, StreamEntry, StreamId,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -60,6 +61,9 @@ const INBOX_META: TableDefinition<(u16, &str), (u64, u64, u64)> =
 /// writer's sweep finds expired ones without scanning every inbox.
 const INBOX_EXPIRY: TableDefinition<(u64, u16, &str, u64, u64), ()> =
     TableDefinition::new("inbox_expiry");
+
+/// `(app, msgtype)` → reach totals in [`ReachCounts::fields`] order.
+const REACH: TableDefinition<(u16, u16), (u64, u64, u64, u64, u64)> = TableDefinition::new("reach");
 
 /// Queued writes before callers wait: backpressure instead of unbounded memory.
 const QUEUE: usize = 8192;
@@ -393,6 +397,36 @@ impl Store for EmbeddedStore {
             other => Err(mismatch("ack_offline", &other)),
         }
     }
+
+    async fn add_reach(&self, deltas: &[ReachDelta]) -> Result<(), StoreError> {
+        match self.write(Op::AddReach(deltas.to_vec())).await? {
+            Done::Counted => Ok(()),
+            other => Err(mismatch("add_reach", &other)),
+        }
+    }
+
+    async fn reach_totals(
+        &self,
+        app: AppCode,
+        msgtype: MsgType,
+    ) -> Result<ReachCounts, StoreError> {
+        self.read(move |txn| {
+            let table = txn.open_table(REACH).map_err(storage)?;
+            let row = table.get((app.0, msgtype.0)).map_err(storage)?;
+            Ok(row.map_or_else(ReachCounts::default, |r| reach_from_row(r.value())))
+        })
+        .await
+    }
+}
+
+/// A reach row as counters.
+fn reach_from_row((a, b, c, d, e): (u64, u64, u64, u64, u64)) -> ReachCounts {
+    ReachCounts::from_fields(&[Some(a), Some(b), Some(c), Some(d), Some(e)])
+}
+
+/// Counters as a reach row.
+fn reach_to_row(r: &ReachCounts) -> (u64, u64, u64, u64, u64) {
+    (r.sent, r.online, r.written, r.acked, r.stored)
 }
 
 /// The current incarnation of every gate with at least one shard whose

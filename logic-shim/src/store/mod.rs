@@ -316,6 +316,67 @@ pub struct InboxPage {
     pub more: bool,
 }
 
+/// Reach-rate counters of one app and msgtype (ARCHITECTURE §4 s2c).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReachCounts {
+    /// Targets pushes named (for a broadcast: the sessions it reached).
+    pub sent: u64,
+    /// Targets with at least one live session when pushed.
+    pub online: u64,
+    /// Sessions a gate queued the frame to.
+    pub written: u64,
+    /// Client acknowledgements.
+    pub acked: u64,
+    /// Targets with no live session whose push went to the offline inbox.
+    pub stored: u64,
+}
+
+impl ReachCounts {
+    /// The counters as `(name, value)`, in a fixed order (the Redis hash
+    /// fields and the embedded row share it).
+    pub fn fields(&self) -> [(&'static str, u64); 5] {
+        [
+            ("sent", self.sent),
+            ("online", self.online),
+            ("written", self.written),
+            ("acked", self.acked),
+            ("stored", self.stored),
+        ]
+    }
+
+    /// Counters from values in [`ReachCounts::fields`] order; missing = 0.
+    pub fn from_fields(values: &[Option<u64>]) -> ReachCounts {
+        let v = |i: usize| values.get(i).copied().flatten().unwrap_or(0);
+        ReachCounts {
+            sent: v(0),
+            online: v(1),
+            written: v(2),
+            acked: v(3),
+            stored: v(4),
+        }
+    }
+
+    /// Adds `other` field by field (saturating: totals never wrap).
+    pub fn add(&mut self, other: &ReachCounts) {
+        self.sent = self.sent.saturating_add(other.sent);
+        self.online = self.online.saturating_add(other.online);
+        self.written = self.written.saturating_add(other.written);
+        self.acked = self.acked.saturating_add(other.acked);
+        self.stored = self.stored.saturating_add(other.stored);
+    }
+}
+
+/// Counts to add to one app and msgtype's totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReachDelta {
+    /// Tenant.
+    pub app: AppCode,
+    /// Business line.
+    pub msgtype: MsgType,
+    /// What to add.
+    pub counts: ReachCounts,
+}
+
 /// Store failures, tagged by what the caller should do.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -433,6 +494,14 @@ pub trait Store: Send + Sync + 'static {
         uid: &str,
         up_to: StreamId,
     ) -> Result<u64, StoreError>;
+
+    /// Adds every delta to its app and msgtype's reach totals, shared by
+    /// all logic instances; one round trip, all or nothing.
+    async fn add_reach(&self, deltas: &[ReachDelta]) -> Result<(), StoreError>;
+
+    /// The reach totals of one app and msgtype over all instances.
+    async fn reach_totals(&self, app: AppCode, msgtype: MsgType)
+        -> Result<ReachCounts, StoreError>;
 }
 
 /// Builds an [`InboxPage`] from `limit + 1` scanned positions: the extra

@@ -19,6 +19,8 @@
 //!   pushes (fields `t` msgtype, `x` expiry ms, `p` encoded push), trimmed
 //!   exactly to the configured length, acknowledged by `XTRIM MINID`, and
 //!   expiring with its longest-lived message;
+//! * `tg:reach` — reach totals of every logic instance, field
+//!   `<app>:<msgtype>:<stage>`;
 //! * `c2s:<app>:<msgtype>` — the app's c2s stream ([`c2s_stream_key`]).
 //!
 //! The per-user keys carry the same hash tag, so the one Lua script per
@@ -32,7 +34,7 @@ mod conn;
 use super::{
     c2s_stream_key, check_max_len, fold_gates, inbox_page, session_is_live, C2sEntry, DevicePolicy,
     GateInfo, GateShardStatus, InboxEntry, InboxMessage, InboxPage, LoginOutcome, NewSession,
-    SessionKey, SessionRecord, Store, StoreError, StreamEntry, StreamId,
+    ReachCounts, ReachDelta, SessionKey, SessionRecord, Store, StoreError, StreamEntry, StreamId,
 };
 use async_trait::async_trait;
 use codec::{
@@ -118,6 +120,20 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
 return 1
 ";
 
+/// Adds reach deltas to [`REACH_KEY`] in one step, so a retried flush is
+/// either wholly applied or not at all. KEYS: reach. ARGV: field, n, ….
+const ADD_REACH: &str = r"
+for i = 1, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
+";
+
+/// Hash of reach totals, field `<app>:<msgtype>:<stage>`: one key (one
+/// cluster slot), so [`ADD_REACH`] is atomic on a cluster too; it is
+/// written once per second per logic instance, far from hot.
+const REACH_KEY: &str = "tg:reach";
+
 /// Sorted set of gate ids by lease end.
 const GATES_KEY: &str = "tg:gates";
 /// Hash gate id → current incarnation. Its hash tag is [`GATES_KEY`]
@@ -133,6 +149,7 @@ pub struct RedisStore {
     add_session: Script,
     remove_session: Script,
     renew_gate: Script,
+    add_reach: Script,
 }
 
 impl RedisStore {
@@ -147,6 +164,7 @@ impl RedisStore {
             add_session: Script::new(ADD_SESSION),
             remove_session: Script::new(REMOVE_SESSION),
             renew_gate: Script::new(RENEW_GATE),
+            add_reach: Script::new(ADD_REACH),
         })
     }
 
@@ -494,6 +512,45 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         bounded(cmd.query_async(&mut conn)).await
     }
+
+    async fn add_reach(&self, deltas: &[ReachDelta]) -> Result<(), StoreError> {
+        let mut call = self.add_reach.prepare_invoke();
+        call.key(REACH_KEY);
+        let mut any = false;
+        for d in deltas {
+            for (stage, n) in d.counts.fields().into_iter().filter(|(_, n)| *n > 0) {
+                call.arg(reach_field(d.app, d.msgtype, stage)).arg(n);
+                any = true;
+            }
+        }
+        if !any {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = bounded(call.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn reach_totals(
+        &self,
+        app: AppCode,
+        msgtype: MsgType,
+    ) -> Result<ReachCounts, StoreError> {
+        let stages = ReachCounts::default().fields().map(|(stage, _)| stage);
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(REACH_KEY);
+        for stage in stages {
+            cmd.arg(reach_field(app, msgtype, stage));
+        }
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<u64>> = bounded(cmd.query_async(&mut conn)).await?;
+        Ok(ReachCounts::from_fields(&values))
+    }
+}
+
+/// The reach hash field of one counter.
+fn reach_field(app: AppCode, msgtype: MsgType, stage: &str) -> String {
+    format!("{app}:{msgtype}:{stage}")
 }
 
 /// Commands [`RedisStore::store_offline`] pipelines per user.

@@ -17,7 +17,7 @@ use tidegate_logic::store::embedded::EmbeddedStore;
 use tidegate_logic::store::redis::RedisStore;
 use tidegate_logic::store::{
     C2sEntry, DevicePolicy, GateShardStatus, InboxEntry, InboxMessage, InboxPage, LoginOutcome,
-    NewSession, SessionKey, SessionRecord, Store, StoreError, StreamId,
+    NewSession, ReachCounts, ReachDelta, SessionKey, SessionRecord, Store, StoreError, StreamId,
 };
 use tidegate_logic::testkit::{free_port, RedisCluster, RedisServer};
 use tidegate_proto::{AppCode, MsgType};
@@ -106,6 +106,7 @@ macro_rules! every_case {
                 offline_inbox_evicts_the_oldest_beyond_max_len,
                 expired_offline_messages_are_skipped_but_cursor_moves,
                 concurrent_offline_stores_keep_every_message,
+                reach_totals_add_up_per_app_and_msgtype,
         );
     };
 }

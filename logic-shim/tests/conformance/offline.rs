@@ -1,5 +1,6 @@
-//! Offline inbox cases: store to many users, paging with a cursor,
-//! acknowledgement, exact eviction, expiry, isolation.
+//! Offline inbox cases (store to many users, paging with a cursor,
+//! acknowledgement, exact eviction, expiry, isolation) and the reach totals
+//! that count what pushes did.
 
 use super::*;
 
@@ -209,4 +210,46 @@ impl WithExpiry for InboxMessage {
             ..self
         }
     }
+}
+
+pub(super) async fn reach_totals_add_up_per_app_and_msgtype(store: Arc<dyn Store>) {
+    let counts = |sent, acked| ReachCounts {
+        sent,
+        acked,
+        ..Default::default()
+    };
+    let delta = |app, msgtype, counts| ReachDelta {
+        app,
+        msgtype,
+        counts,
+    };
+    assert_eq!(
+        store.reach_totals(APP, MT).await.unwrap(),
+        ReachCounts::default()
+    );
+    store
+        .add_reach(&[
+            delta(APP, MT, counts(3, 1)),
+            delta(OTHER_APP, MT, counts(100, 0)),
+        ])
+        .await
+        .unwrap();
+    // A second instance's flush adds to the same totals.
+    store
+        .add_reach(&[
+            delta(APP, MT, counts(2, 2)),
+            delta(APP, MsgType(8), counts(1, 0)),
+        ])
+        .await
+        .unwrap();
+    store.add_reach(&[]).await.unwrap();
+    assert_eq!(store.reach_totals(APP, MT).await.unwrap(), counts(5, 3));
+    assert_eq!(
+        store.reach_totals(APP, MsgType(8)).await.unwrap(),
+        counts(1, 0)
+    );
+    assert_eq!(
+        store.reach_totals(OTHER_APP, MT).await.unwrap(),
+        counts(100, 0)
+    );
 }

@@ -3,10 +3,13 @@
 //! reach it only through [`Job`]s on a bounded channel.
 
 use super::{
-    inbox_expiry_of, storage, C2S, C2S_META, EPOCHS, GATES, INBOX, INBOX_EXPIRY, INBOX_META,
-    PRESENCE,
+    inbox_expiry_of, reach_from_row, reach_to_row, storage, C2S, C2S_META, EPOCHS, GATES, INBOX,
+    INBOX_EXPIRY, INBOX_META, PRESENCE, REACH,
 };
-use crate::store::{DevicePolicy, LoginOutcome, NewSession, SessionRecord, StoreError, StreamId};
+use crate::store::{
+    DevicePolicy, LoginOutcome, NewSession, ReachCounts, ReachDelta, SessionRecord, StoreError,
+    StreamId,
+};
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use tidegate_proto::now_ms;
 use tokio::sync::{mpsc, oneshot};
@@ -62,6 +65,7 @@ pub(super) enum Op {
         uid: String,
         up_to: StreamId,
     },
+    AddReach(Vec<ReachDelta>),
 }
 
 /// An op's result, sent only after its transaction committed.
@@ -73,6 +77,7 @@ pub(super) enum Done {
     Appended(StreamId),
     Stored(Vec<u64>),
     Acked(u64),
+    Counted,
 }
 
 /// Creates any missing table, in one committed transaction.
@@ -156,6 +161,7 @@ struct Tables<'txn> {
     inbox: redb::Table<'txn, (u16, &'static str, u64, u64), &'static [u8]>,
     inbox_meta: redb::Table<'txn, (u16, &'static str), (u64, u64, u64)>,
     inbox_expiry: redb::Table<'txn, (u64, u16, &'static str, u64, u64), ()>,
+    reach: redb::Table<'txn, (u16, u16), (u64, u64, u64, u64, u64)>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -169,6 +175,7 @@ impl<'txn> Tables<'txn> {
             inbox: txn.open_table(INBOX).map_err(storage)?,
             inbox_meta: txn.open_table(INBOX_META).map_err(storage)?,
             inbox_expiry: txn.open_table(INBOX_EXPIRY).map_err(storage)?,
+            reach: txn.open_table(REACH).map_err(storage)?,
         })
     }
 
@@ -227,6 +234,18 @@ impl<'txn> Tables<'txn> {
                 let through = (*app, uid.as_str(), up_to.ms, up_to.seq);
                 let acked = self.remove_inbox_range(*app, uid, through, usize::MAX)?;
                 Ok(Done::Acked(acked))
+            }
+            Op::AddReach(deltas) => {
+                for d in deltas {
+                    let key = (d.app.0, d.msgtype.0);
+                    let mut total = self
+                        .reach
+                        .get(key)?
+                        .map_or_else(ReachCounts::default, |r| reach_from_row(r.value()));
+                    total.add(&d.counts);
+                    self.reach.insert(key, reach_to_row(&total))?;
+                }
+                Ok(Done::Counted)
             }
         })
     }
