@@ -62,8 +62,10 @@ const INBOX_META: TableDefinition<(u16, &str), (u64, u64, u64)> =
 const INBOX_EXPIRY: TableDefinition<(u64, u16, &str, u64, u64), ()> =
     TableDefinition::new("inbox_expiry");
 
-/// `(app, msgtype)` → reach totals in [`ReachCounts::fields`] order.
-const REACH: TableDefinition<(u16, u16), (u64, u64, u64, u64, u64)> = TableDefinition::new("reach");
+/// Reach totals in [`ReachCounts::fields`] order.
+type ReachRow = (u64, u64, u64, u64, u64);
+/// `(app, msgtype)` → its reach totals.
+const REACH: TableDefinition<(u16, u16), ReachRow> = TableDefinition::new("reach");
 
 /// Queued writes before callers wait: backpressure instead of unbounded memory.
 const QUEUE: usize = 8192;
@@ -420,12 +422,12 @@ impl Store for EmbeddedStore {
 }
 
 /// A reach row as counters.
-fn reach_from_row((a, b, c, d, e): (u64, u64, u64, u64, u64)) -> ReachCounts {
+fn reach_from_row((a, b, c, d, e): ReachRow) -> ReachCounts {
     ReachCounts::from_fields(&[Some(a), Some(b), Some(c), Some(d), Some(e)])
 }
 
 /// Counters as a reach row.
-fn reach_to_row(r: &ReachCounts) -> (u64, u64, u64, u64, u64) {
+fn reach_to_row(r: &ReachCounts) -> ReachRow {
     (r.sent, r.online, r.written, r.acked, r.stored)
 }
 

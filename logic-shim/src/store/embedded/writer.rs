@@ -3,8 +3,8 @@
 //! reach it only through [`Job`]s on a bounded channel.
 
 use super::{
-    inbox_expiry_of, reach_from_row, reach_to_row, storage, C2S, C2S_META, EPOCHS, GATES, INBOX,
-    INBOX_EXPIRY, INBOX_META, PRESENCE, REACH,
+    inbox_expiry_of, reach_from_row, reach_to_row, storage, ReachRow, C2S, C2S_META, EPOCHS, GATES,
+    INBOX, INBOX_EXPIRY, INBOX_META, PRESENCE, REACH,
 };
 use crate::store::{
     DevicePolicy, LoginOutcome, NewSession, ReachCounts, ReachDelta, SessionRecord, StoreError,
@@ -161,7 +161,7 @@ struct Tables<'txn> {
     inbox: redb::Table<'txn, (u16, &'static str, u64, u64), &'static [u8]>,
     inbox_meta: redb::Table<'txn, (u16, &'static str), (u64, u64, u64)>,
     inbox_expiry: redb::Table<'txn, (u64, u16, &'static str, u64, u64), ()>,
-    reach: redb::Table<'txn, (u16, u16), (u64, u64, u64, u64, u64)>,
+    reach: redb::Table<'txn, (u16, u16), ReachRow>,
 }
 
 impl<'txn> Tables<'txn> {
