@@ -83,6 +83,8 @@ impl Gateway {
             let mut shard_cfg = cfg.clone();
             // Shard 0 may bind port 0; the others then join the port it got.
             shard_cfg.client_addr = client_addr;
+            // Resolved, so LINK_HELLO and heartbeats report the real count.
+            shard_cfg.shards = shards;
             let gate = gate_id.clone();
             let (guard, draining, fds) = (guard.clone(), draining.clone(), fds.clone());
             let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
