@@ -3,7 +3,7 @@
 //! and measure the gateway's memory per connection). The other scenarios of
 //! the bench issue arrive with it.
 
-pub mod fleet;
+pub mod procs;
 pub mod idle;
 pub mod procfs;
 pub mod push;

@@ -60,7 +60,7 @@ pub fn per_process_capacity() -> usize {
 }
 
 /// Running worker processes.
-pub struct Fleet {
+pub struct Workers {
     workers: Vec<Worker>,
 }
 
@@ -69,9 +69,9 @@ struct Worker {
     lines: Lines<BufReader<ChildStdout>>,
 }
 
-impl Fleet {
+impl Workers {
     /// Starts one worker per share: this executable with `args(share)`.
-    pub fn spawn(shares: &[Share], args: impl Fn(&Share) -> Vec<String>) -> anyhow::Result<Fleet> {
+    pub fn spawn(shares: &[Share], args: impl Fn(&Share) -> Vec<String>) -> anyhow::Result<Workers> {
         let exe = std::env::current_exe().context("locating the tidegate executable")?;
         let mut workers = Vec::with_capacity(shares.len());
         for share in shares {
@@ -95,7 +95,7 @@ impl Fleet {
                 lines: BufReader::new(stdout).lines(),
             });
         }
-        Ok(Fleet { workers })
+        Ok(Workers { workers })
     }
 
     /// Workers running.
