@@ -3,9 +3,9 @@
 //! and measure the gateway's memory per connection). The other scenarios of
 //! the bench issue arrive with it.
 
-pub mod procs;
 pub mod idle;
 pub mod procfs;
+pub mod procs;
 pub mod push;
 pub mod sources;
 

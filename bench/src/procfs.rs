@@ -38,7 +38,10 @@ pub fn children(pid: u32) -> Vec<u32> {
     for task in tasks.flatten() {
         let path = task.path().join("children");
         if let Ok(text) = std::fs::read_to_string(path) {
-            out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
         }
     }
     out.sort_unstable();
@@ -120,7 +123,10 @@ mod tests {
 
     #[test]
     fn a_tree_counts_its_children() {
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let me = std::process::id();
         assert!(children(me).contains(&child.id()));
         assert!(tree_rss_bytes(me).unwrap() > rss_bytes(me).unwrap());

@@ -71,7 +71,10 @@ struct Worker {
 
 impl Workers {
     /// Starts one worker per share: this executable with `args(share)`.
-    pub fn spawn(shares: &[Share], args: impl Fn(&Share) -> Vec<String>) -> anyhow::Result<Workers> {
+    pub fn spawn(
+        shares: &[Share],
+        args: impl Fn(&Share) -> Vec<String>,
+    ) -> anyhow::Result<Workers> {
         let exe = std::env::current_exe().context("locating the tidegate executable")?;
         let mut workers = Vec::with_capacity(shares.len());
         for share in shares {
