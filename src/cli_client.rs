@@ -1,5 +1,6 @@
-//! `tidegate client`: log in over the binary protocol and print what
-//! arrives, acknowledging pushes and keeping the session alive.
+//! `tidegate client`: log in over the binary protocol, read the offline
+//! inbox, then print what arrives, acknowledging pushes and keeping the
+//! session alive.
 
 use anyhow::Context;
 use clap::Args;
@@ -69,8 +70,8 @@ async fn session(args: ClientArgs) -> anyhow::Result<()> {
             .context("sending c2s")?;
         println!("c2s sent and acknowledged");
     }
+    let mut received = drain_offline(&mut client).await?;
     let keepalive = Duration::from_secs(u64::from(ok.keepalive_s.max(1)));
-    let mut received = 0u64;
     loop {
         if args.count.is_some_and(|n| received >= n) {
             return Ok(());
@@ -92,13 +93,7 @@ async fn session(args: ClientArgs) -> anyhow::Result<()> {
         match frame.header.cmd {
             Cmd::S2c => {
                 let push: pb::Push = frame.decode_body()?;
-                println!(
-                    "push {} msgtype {} [{}] {}",
-                    push.msg_id,
-                    frame.header.msgtype,
-                    push.content_type,
-                    String::from_utf8_lossy(&push.content)
-                );
+                print_push("push", &push, frame.header.msgtype.0);
                 client.ack_push(&push.msg_id).await?;
                 received += 1;
             }
@@ -113,4 +108,44 @@ async fn session(args: ClientArgs) -> anyhow::Result<()> {
             other => println!("frame {} seq {}", other.name(), frame.header.seq),
         }
     }
+}
+
+/// Prints and deletes every message of the offline inbox, page by page
+/// (each page acknowledged once printed); returns how many there were.
+async fn drain_offline(client: &mut Client) -> anyhow::Result<u64> {
+    let mut cursor = String::new();
+    let mut count = 0;
+    loop {
+        let batch = client
+            .pull_offline(&cursor, 0)
+            .await
+            .context("pulling the offline inbox")?;
+        for m in &batch.messages {
+            if let Some(push) = &m.push {
+                let msgtype = u16::try_from(m.msgtype).unwrap_or(u16::MAX);
+                print_push("offline push", push, msgtype);
+                count += 1;
+            }
+        }
+        if batch.cursor.is_empty() {
+            return Ok(count);
+        }
+        client
+            .ack_offline(&batch.cursor)
+            .await
+            .context("acknowledging the offline inbox")?;
+        if !batch.more {
+            return Ok(count);
+        }
+        cursor = batch.cursor;
+    }
+}
+
+fn print_push(what: &str, push: &pb::Push, msgtype: u16) {
+    println!(
+        "{what} {} msgtype {msgtype} [{}] {}",
+        push.msg_id,
+        push.content_type,
+        String::from_utf8_lossy(&push.content)
+    );
 }

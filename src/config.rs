@@ -56,6 +56,7 @@ pub fn dev_app() -> AppConfig {
         secrets: vec![DEV_SECRET.into()],
         api_key: DEV_API_KEY.into(),
         c2s_max_len: None,
+        offline_max_len: None,
         device_policy: Default::default(),
         c2s_webhook: None,
     }

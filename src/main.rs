@@ -1,9 +1,10 @@
 //! `tidegate`: the umbrella command. `up` runs gateway and logic shim in one
 //! process; `gateway` and `logic` run one role each; `token` and `client`
-//! are the developer's try-it tools.
+//! are the developer's try-it tools; `preflight` checks a host for a target.
 
 mod cli_client;
 mod config;
+mod preflight;
 mod workers;
 
 use anyhow::Context;
@@ -45,6 +46,8 @@ enum Command {
     /// Load scenarios against a running gateway (loopback only).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Checks this host's kernel settings and limits for N connections; exits 1 if any blocks.
+    Preflight(preflight::PreflightArgs),
 }
 
 #[derive(Subcommand)]
@@ -165,6 +168,7 @@ fn main() -> anyhow::Result<()> {
         Command::Logic(a) => logic(a),
         Command::Token(a) => token(a),
         Command::Client(a) => cli_client::run(a),
+        Command::Preflight(a) => preflight::run(a),
         Command::Bench(BenchCmd::Idle(a)) => {
             let report = runtime()?.block_on(tidegate_bench::idle::run(a))?;
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -15,6 +15,9 @@ use tidegate_gateway::GatewayConfig;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
+/// The most workers one supervisor runs (`--workers`).
+pub const MAX_WORKERS: usize = 64;
+
 /// Gives worker `i` its own gate id and admin port, and ties its life to
 /// the supervisor's.
 pub fn configure_worker(cfg: &mut GatewayConfig, i: usize) {
@@ -47,7 +50,10 @@ struct Supervisor {
 
 /// Runs and supervises `k` workers until SIGTERM/SIGINT.
 pub fn supervise(k: usize, cfg: &GatewayConfig) -> anyhow::Result<()> {
-    anyhow::ensure!((1..=64).contains(&k), "--workers must be 1 to 64, not {k}");
+    anyhow::ensure!(
+        (1..=MAX_WORKERS).contains(&k),
+        "--workers must be 1 to {MAX_WORKERS}, not {k}"
+    );
     anyhow::ensure!(
         cfg.client_addr.port() != 0,
         "gateway.client_addr: workers share one fixed client port; port 0 would give each its own"

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{token, Backend, Tidegate, DEV_API_KEY};
+use common::{token, Backend, GatewayProc, LogicProc, Tidegate, DEV_API_KEY};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tidegate_logic::testkit::RedisServer;
@@ -271,3 +271,37 @@ macro_rules! cases {
 
 cases!(embedded, false);
 cases!(redis, true);
+
+/// Two logic instances on one Redis: the one the push and the ack went
+/// through flushes its counters, and the other answers the totals.
+#[tokio::test]
+async fn reach_totals_span_logic_instances() {
+    let redis = RedisServer::start();
+    let backend = Backend::Redis(redis.url());
+    // Flush often so the test need not wait a second per round.
+    let config = CONFIG.replace("[logic]\n", "[logic]\nreach_flush_ms = 100\n");
+    let a = LogicProc::start(&backend, &config);
+    let b = LogicProc::start(&backend, &config);
+    let gw = GatewayProc::start(a.link, "");
+    let mut ann = gw.login("ann").await;
+    let (status, body) = common::post_json(
+        &a.url("/v1/push"),
+        &json!({"app": 1, "msgtype": 11, "to": ["ann", "ben"], "content": "x", "store_if_offline": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let got = timeout(WAIT, ann.recv_push()).await.unwrap().unwrap();
+    ann.ack_push(&got.msg_id).await.unwrap();
+    let want = json!({"sent": 2, "online": 1, "written": 1, "acked": 1, "stored": 1});
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let r = common::get_json(&b.url("/v1/stats/reach?app=1&msgtype=11")).await;
+        if r["counts"] == want {
+            assert_eq!(r["instance"]["counts"]["sent"], 0, "b pushed nothing: {r}");
+            return;
+        }
+        last = r;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("instance b never saw the totals {want}: {last}");
+}

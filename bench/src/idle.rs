@@ -255,6 +255,7 @@ pub(crate) fn minting_auth(app: u16, secret: &str) -> Auth {
         secrets: vec![secret.to_string()],
         api_key: String::new(),
         c2s_max_len: None,
+        offline_max_len: None,
         device_policy: Default::default(),
         c2s_webhook: None,
     };

@@ -7,6 +7,7 @@ pub mod idle;
 pub mod mqtt;
 pub mod peers;
 pub mod procfs;
+pub mod procs;
 pub mod push;
 pub mod sources;
 

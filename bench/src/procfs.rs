@@ -36,6 +36,38 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((ticks[0] + ticks[1]) as f64 / hz)
 }
 
+/// Resident set of `pid` and every process below it (a gateway supervisor
+/// and its workers), bytes. Shared pages (the binary) count once per
+/// process, as RSS does; per-connection deltas are unaffected.
+pub fn tree_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let mut total = rss_bytes(pid)?;
+    for child in children(pid) {
+        // A worker may exit between listing and reading: skip it.
+        total += tree_rss_bytes(child).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// Direct children of `pid` (from every thread's `children` list).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let path = task.path().join("children");
+        if let Ok(text) = std::fs::read_to_string(path) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Kernel-wide TCP socket counters from /proc/net/sockstat.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct SockStat {
@@ -114,5 +146,18 @@ mod tests {
         while spin.elapsed() < std::time::Duration::from_millis(50) {}
         let used = cpu_seconds(std::process::id()).unwrap();
         assert!(used >= 0.01, "{used}");
+    }
+
+    #[test]
+    fn a_tree_counts_its_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        assert!(children(me).contains(&child.id()));
+        assert!(tree_rss_bytes(me).unwrap() > rss_bytes(me).unwrap());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

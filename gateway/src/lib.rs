@@ -83,6 +83,8 @@ impl Gateway {
             let mut shard_cfg = cfg.clone();
             // Shard 0 may bind port 0; the others then join the port it got.
             shard_cfg.client_addr = client_addr;
+            // Resolved, so LINK_HELLO and heartbeats report the real count.
+            shard_cfg.shards = shards;
             let gate = gate_id.clone();
             let (guard, draining, fds) = (guard.clone(), draining.clone(), fds.clone());
             let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
@@ -93,13 +95,24 @@ impl Gateway {
                     run_shard(id as u32, gate, shard_cfg, guard, fds, draining, ready_tx)
                 })
                 .map_err(|e| anyhow::anyhow!("starting shard {id}: {e}"))?;
+            let Ok(ready) = ready_rx.recv() else {
+                // The executor died before its first line ran: almost always
+                // io_uring setup (locked memory, io_uring disabled).
+                let why = handle
+                    .join()
+                    .err()
+                    .map_or_else(|| "no error reported".to_string(), |e| e.to_string());
+                anyhow::bail!(
+                    "shard {id} could not start ({why}); glommio needs io_uring and \
+                     gateway.io_memory_kib ({} KiB) of locked memory per shard: check \
+                     `ulimit -l` and run `tidegate preflight`",
+                    cfg.io_memory_kib
+                );
+            };
             executors.push(handle);
-            let bound = ready_rx
-                .recv()
-                .context("shard exited before it listened")?
-                .map_err(|e| {
-                    anyhow::anyhow!("gateway.client_addr: cannot listen on {client_addr}: {e}")
-                })?;
+            let bound = ready.map_err(|e| {
+                anyhow::anyhow!("gateway.client_addr: cannot listen on {client_addr}: {e}")
+            })?;
             client_addr = bound;
         }
         Ok(Gateway {

@@ -140,7 +140,7 @@ async fn connected(shard: &Shard, link: &Link, mut stream: TcpStream) -> String 
     let hello = pb::LinkHello {
         gate_id: shard.gate_id.to_string(),
         shard: shard.id,
-        shards: 0,
+        shards: u32::try_from(shard.cfg.shards).unwrap_or(u32::MAX),
         client_addr: shard.cfg.client_addr.to_string(),
         incarnation: crate::shard::incarnation(),
     };

@@ -178,12 +178,23 @@ impl Session {
                 }
                 Err(e) => error_reply(h, ErrorCode::BadBody, &e.to_string()),
             },
+            (Cmd::OfflinePull | Cmd::OfflineAck, Phase::Active(a)) => {
+                let fwd = pb::LinkForward {
+                    conn: self.conn.to_u64(),
+                    uid: a.uid.to_string(),
+                    cmd: u32::from(h.cmd.code()),
+                    seq: h.seq,
+                    body: frame.body.clone(),
+                    ack_requested: h.flags.contains(Flags::ACK_REQUESTED),
+                };
+                Effects::logic(link_frame(Cmd::LinkForward, h, a.appcode, &fwd))
+            }
             (Cmd::Logout, Phase::Active(_)) => Effects {
                 reply: Some(Frame::empty(h.reply()).to_bytes()),
                 to_logic: self.closed_notice(),
                 close: Some(CloseReason::Logout),
             },
-            (Cmd::C2s | Cmd::S2cAck | Cmd::Logout, _) => {
+            (Cmd::C2s | Cmd::S2cAck | Cmd::Logout | Cmd::OfflinePull | Cmd::OfflineAck, _) => {
                 error_reply(h, ErrorCode::NotLoggedIn, "log in first")
             }
             (cmd, _) => error_reply(
@@ -327,16 +338,7 @@ fn link_frame(
 
 /// An ERROR frame answering the request `h`.
 pub fn error_frame(h: &Header, code: ErrorCode, message: &str) -> Bytes {
-    let header = Header {
-        cmd: Cmd::Error,
-        flags: Flags::empty(),
-        ..*h
-    };
-    let body = pb::Error {
-        code: code.code(),
-        message: message.to_string(),
-    };
-    Frame::encode_msg_to_bytes(header, &body)
+    Frame::error_reply(h, code, message)
 }
 
 fn error_reply(h: &Header, code: ErrorCode, message: &str) -> Effects {
@@ -505,6 +507,38 @@ mod tests {
         assert_eq!(body.uid, "alice");
         assert!(body.ack_requested);
         assert_eq!(body.payload, f.body);
+    }
+
+    #[test]
+    fn offline_requests_are_forwarded_as_sent_and_need_a_login() {
+        let pull = pb::OfflinePull {
+            after: "1-0".into(),
+            limit: 5,
+        };
+        let mut h = Header::new(Cmd::OfflinePull, AppCode(2), 9);
+        h.flags = Flags::ACK_REQUESTED;
+        let f = Frame::new(h, &pull);
+        let fx = logged_in().handle_in(&f, CTX);
+        let fwd = parse(&fx.to_logic.unwrap());
+        assert_eq!(fwd.header.cmd, Cmd::LinkForward);
+        assert_eq!(fwd.header.appcode, AppCode(1), "the session's app");
+        let body: pb::LinkForward = fwd.decode_body().unwrap();
+        assert_eq!(
+            (body.uid.as_str(), body.cmd, body.seq, body.ack_requested),
+            ("alice", 0x0030, 9, true)
+        );
+        assert_eq!(body.body, f.body);
+
+        let mut fresh = Session::new(conn(), 5);
+        let fx = fresh.handle_in(
+            &Frame::empty(Header::new(Cmd::OfflineAck, AppCode(1), 1)),
+            CTX,
+        );
+        assert_eq!(
+            error_code(&fx.reply.unwrap()),
+            ErrorCode::NotLoggedIn.code()
+        );
+        assert!(fx.to_logic.is_none());
     }
 
     #[test]

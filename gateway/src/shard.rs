@@ -331,12 +331,13 @@ impl Shard {
     pub fn on_link_frame(&self, link: &Link, frame: Frame) -> Result<(), DecodeError> {
         let h = frame.header;
         let response = h.flags.contains(Flags::RESPONSE);
-        if response && matches!(h.cmd, Cmd::LinkLogin | Cmd::LinkC2s) {
+        if response && matches!(h.cmd, Cmd::LinkLogin | Cmd::LinkC2s | Cmd::LinkForward) {
             link.inflight.set(link.inflight.get().saturating_sub(1));
         }
         match (h.cmd, response) {
             (Cmd::LinkLogin, true) => self.on_login_reply(h.appcode, frame.decode_body()?),
             (Cmd::LinkC2s, true) => self.on_c2s_reply(&h, frame.decode_body()?),
+            (Cmd::LinkForward, true) => self.on_forward_reply(frame.decode_body()?),
             (Cmd::LinkDeliver, false) => {
                 let (delivered, stale) = self.on_deliver(frame.decode_body()?);
                 self.confirm_deliver(link, &h, delivered, stale);
@@ -493,6 +494,19 @@ impl Shard {
         }
     }
 
+    /// Queues logic's answer to a forwarded request (OFFLINE_PULL …) to the
+    /// connection, if it is still there and logged in.
+    fn on_forward_reply(&self, reply: pb::LinkForwardReply) {
+        if reply.frame.is_empty() {
+            return;
+        }
+        let id = ConnId::from_u64(reply.conn);
+        let table = self.table.borrow();
+        if let Some(conn) = table.get(id).filter(|c| c.session.borrow().is_active()) {
+            self.enqueue(conn, reply.frame);
+        }
+    }
+
     /// Queues the frame to each listed live session; returns (delivered, stale).
     fn on_deliver(&self, deliver: pb::LinkDeliver) -> (u64, u64) {
         if self.for_other_incarnation(deliver.incarnation) {
@@ -596,5 +610,8 @@ fn frame_cmd(frame: &[u8]) -> Option<Cmd> {
 
 /// Whether a link frame is a request logic answers (and so counts in flight).
 fn expects_reply(frame: &Bytes) -> bool {
-    matches!(frame_cmd(frame), Some(Cmd::LinkLogin | Cmd::LinkC2s))
+    matches!(
+        frame_cmd(frame),
+        Some(Cmd::LinkLogin | Cmd::LinkC2s | Cmd::LinkForward)
+    )
 }

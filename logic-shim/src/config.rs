@@ -24,6 +24,18 @@ pub struct LogicConfig {
     pub c2s_max_len: u64,
     /// Largest number of targets in one push.
     pub max_push_targets: usize,
+    /// Messages kept per offline inbox; storing more evicts the oldest
+    /// (counted in `tidegate_logic_offline_evicted_total`).
+    pub offline_max_len: u64,
+    /// Lifetime of a stored offline message when the push gives no `ttl_s`.
+    pub offline_ttl_s: u64,
+    /// Largest `ttl_s` a push may ask for; more is refused with 400.
+    pub offline_max_ttl_s: u64,
+    /// Most messages in one OFFLINE_BATCH (and the page size of a pull
+    /// with limit 0).
+    pub offline_pull_max: u32,
+    /// How often reach counters are added to the store's totals, ms.
+    pub reach_flush_ms: u64,
     /// Gate lease length, ms: a gate's sessions read as offline this long
     /// after its last heartbeat. Gates heartbeat every third of it.
     pub gate_lease_ms: u64,
@@ -41,6 +53,11 @@ impl Default for LogicConfig {
             jwt_leeway_s: 30,
             c2s_max_len: 100_000,
             max_push_targets: 10_000,
+            offline_max_len: 1_000,
+            offline_ttl_s: 7 * 86_400,
+            offline_max_ttl_s: 30 * 86_400,
+            offline_pull_max: 100,
+            reach_flush_ms: 1_000,
             gate_lease_ms: 15_000,
             admin_key: None,
         }
@@ -64,6 +81,9 @@ pub struct AppConfig {
     /// Overrides `logic.c2s_max_len` for this app's streams.
     #[serde(default)]
     pub c2s_max_len: Option<u64>,
+    /// Overrides `logic.offline_max_len` for this app's inboxes.
+    #[serde(default)]
+    pub offline_max_len: Option<u64>,
     /// `single`, `per_platform` or `multi` (default): which older sessions
     /// a new login of the same user kicks.
     #[serde(default)]
@@ -196,6 +216,27 @@ impl LogicConfig {
         if self.max_push_targets == 0 {
             return Err(err("logic.max_push_targets", "must be at least 1"));
         }
+        if self.offline_max_len == 0 {
+            return Err(err("logic.offline_max_len", "must be at least 1"));
+        }
+        if self.offline_max_ttl_s == 0 {
+            return Err(err("logic.offline_max_ttl_s", "must be at least 1"));
+        }
+        if self.offline_ttl_s == 0 || self.offline_ttl_s > self.offline_max_ttl_s {
+            return Err(err(
+                "logic.offline_ttl_s",
+                format!(
+                    "{} is not between 1 and logic.offline_max_ttl_s ({})",
+                    self.offline_ttl_s, self.offline_max_ttl_s
+                ),
+            ));
+        }
+        if !(1..=10_000).contains(&self.offline_pull_max) {
+            return Err(err("logic.offline_pull_max", "must be 1 to 10000"));
+        }
+        if !(10..=60_000).contains(&self.reach_flush_ms) {
+            return Err(err("logic.reach_flush_ms", "must be 10 to 60000"));
+        }
         if self.gate_lease_ms < 300 {
             return Err(err(
                 "logic.gate_lease_ms",
@@ -261,6 +302,12 @@ impl LogicConfig {
             }
             if app.c2s_max_len == Some(0) {
                 return Err(err(format!("apps[{i}].c2s_max_len"), "must be at least 1"));
+            }
+            if app.offline_max_len == Some(0) {
+                return Err(err(
+                    format!("apps[{i}].offline_max_len"),
+                    "must be at least 1",
+                ));
             }
             if let Some(hook) = &app.c2s_webhook {
                 hook.validate(&format!("apps[{i}].c2s_webhook"))?;

@@ -10,6 +10,7 @@ mod c2s;
 pub mod config;
 mod gates;
 mod link;
+mod offline;
 mod presence;
 mod push;
 mod reach;
@@ -130,6 +131,8 @@ impl LogicServer {
             logic: logic.clone(),
         };
         tokio::spawn(link::serve(logic.clone(), link_listener));
+        let every = std::time::Duration::from_millis(logic.cfg.reach_flush_ms);
+        tokio::spawn(reach::flush_forever(logic.clone(), every));
         let router = api::router(logic);
         tokio::spawn(async move {
             if let Err(e) = axum::serve(http_listener, router).await {

@@ -11,7 +11,7 @@
 use crate::gates::{ShardAddr, LINK_QUEUE};
 use crate::reach::{msgtype_of, Stage};
 use crate::store::GateShardStatus;
-use crate::{c2s, presence, Logic};
+use crate::{c2s, offline, presence, Logic};
 use bytes::{Bytes, BytesMut};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -197,6 +197,10 @@ async fn dispatch(logic: &Logic, peer: &Peer, frame: Frame) -> anyhow::Result<Op
         }
         (Cmd::LinkC2s, false) => {
             let r = c2s::ingest(logic, h.appcode, h.msgtype, frame.decode_body()?).await;
+            Some(Frame::encode_msg_to_bytes(h.reply(), &r))
+        }
+        (Cmd::LinkForward, false) => {
+            let r = offline::forward(logic, h.appcode, h.msgtype, frame.decode_body()?).await;
             Some(Frame::encode_msg_to_bytes(h.reply(), &r))
         }
         (Cmd::LinkS2cAck, false) => {

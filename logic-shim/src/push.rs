@@ -6,12 +6,12 @@
 
 use crate::gates::ShardAddr;
 use crate::reach::Stage;
-use crate::store::StoreError;
+use crate::store::{InboxMessage, StoreError};
 use crate::Logic;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::time::Duration;
-use tidegate_proto::{pb, AppCode, Cmd, Flags, Frame, Header, MsgType};
+use tidegate_proto::{pb, AppCode, Cmd, Flags, Frame, Header, MsgType, HEADER_LEN};
 
 /// Users whose presence one store round trip reads.
 const PRESENCE_BATCH: usize = 1000;
@@ -38,6 +38,15 @@ pub struct Push {
     pub content_type: String,
     /// Opaque content.
     pub content: Bytes,
+    /// Keep the push for targets with no live session (list pushes only).
+    pub store_if_offline: Option<OfflineStorage>,
+}
+
+/// How long a push stored for offline targets is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct OfflineStorage {
+    /// Lifetime in the inbox.
+    pub ttl: Duration,
 }
 
 /// What happened to one target.
@@ -46,6 +55,8 @@ pub struct Push {
 pub enum Delivery {
     /// Handed to at least one gate shard holding a session of the user.
     Delivered,
+    /// No live session; kept in the user's offline inbox.
+    Stored,
     /// No live session; nothing stored.
     Offline,
 }
@@ -55,6 +66,7 @@ impl Delivery {
     pub fn name(self) -> &'static str {
         match self {
             Delivery::Delivered => "delivered",
+            Delivery::Stored => "stored",
             Delivery::Offline => "offline",
         }
     }
@@ -143,19 +155,35 @@ pub async fn push(logic: &Logic, push: Push) -> Result<PushOutcome, StoreError> 
     // Encoded once; every delivery shares these bytes.
     let frame = Frame::encode_msg_to_bytes(header, &body);
     match push.to {
-        Audience::Users(uids) => to_users(logic, push.app, push.msgtype, uids, frame, msg_id).await,
+        Audience::Users(uids) => {
+            let to = UserPush {
+                app: push.app,
+                msgtype: push.msgtype,
+                frame,
+                store_if_offline: push.store_if_offline,
+            };
+            to_users(logic, to, uids, msg_id).await
+        }
         Audience::All => Ok(broadcast(logic, push.app, push.msgtype, frame, msg_id).await),
     }
 }
 
-async fn to_users(
-    logic: &Logic,
+/// A list push, encoded.
+struct UserPush {
     app: AppCode,
     msgtype: MsgType,
-    uids: Vec<String>,
+    /// The S2C frame every session gets.
     frame: Bytes,
+    store_if_offline: Option<OfflineStorage>,
+}
+
+async fn to_users(
+    logic: &Logic,
+    push: UserPush,
+    uids: Vec<String>,
     msg_id: String,
 ) -> Result<PushOutcome, StoreError> {
+    let UserPush { app, msgtype, .. } = push;
     // (gate, shard, incarnation) -> connections, and each target's shards.
     let mut by_shard: HashMap<(String, u32, u64), Vec<u64>> = HashMap::new();
     let mut targets: Vec<Vec<(String, u32, u64)>> = Vec::with_capacity(uids.len());
@@ -177,7 +205,7 @@ async fn to_users(
     for ((gate_id, shard, incarnation), conns) in by_shard {
         let deliver = pb::LinkDeliver {
             conns,
-            frame: frame.clone(),
+            frame: push.frame.clone(),
             incarnation,
         };
         // Ack-requested: the gate answers with how many it queued (reach
@@ -192,9 +220,8 @@ async fn to_users(
         sent.insert((gate_id, shard, incarnation), ok);
     }
 
-    let label = app.to_string();
     let (mut online, mut delivered) = (0, 0);
-    let results: Vec<PushResult> = uids
+    let mut results: Vec<PushResult> = uids
         .into_iter()
         .zip(targets)
         .map(|(uid, shards)| {
@@ -208,9 +235,13 @@ async fn to_users(
             PushResult { uid, status }
         })
         .collect();
-    let offline = results.len() as u64 - delivered;
-    for (status, n) in [("delivered", delivered), ("offline", offline)] {
-        metrics::counter!("tidegate_logic_push_targets_total", "app" => label.clone(), "status" => status)
+    if let Some(storage) = push.store_if_offline {
+        store_offline(logic, &push, storage, &mut results).await;
+    }
+    let label = app.to_string();
+    for status in [Delivery::Delivered, Delivery::Stored, Delivery::Offline] {
+        let n = results.iter().filter(|r| r.status == status).count() as u64;
+        metrics::counter!("tidegate_logic_push_targets_total", "app" => label.clone(), "status" => status.name())
             .increment(n);
     }
     logic
@@ -223,6 +254,58 @@ async fn to_users(
         gates: None,
         delivered: None,
     })
+}
+
+/// Puts the push into the inbox of every target that was not delivered, and
+/// marks them `stored`. If the store fails they stay `offline` (the response
+/// says what happened; the app-server may retry), and the failure is counted.
+async fn store_offline(
+    logic: &Logic,
+    push: &UserPush,
+    storage: OfflineStorage,
+    results: &mut [PushResult],
+) {
+    let offline: Vec<String> = results
+        .iter()
+        .filter(|r| r.status == Delivery::Offline)
+        .map(|r| r.uid.clone())
+        .collect();
+    if offline.is_empty() {
+        return;
+    }
+    let message = InboxMessage {
+        msgtype: push.msgtype,
+        expires_ms: tidegate_proto::now_ms()
+            .saturating_add(u64::try_from(storage.ttl.as_millis()).unwrap_or(u64::MAX)),
+        // The Push body inside the S2C frame: stored as it would go out live.
+        push: push.frame.slice(HEADER_LEN..),
+    };
+    let max_len = logic
+        .app(push.app)
+        .and_then(|a| a.offline_max_len)
+        .unwrap_or(logic.cfg.offline_max_len);
+    let app = push.app.to_string();
+    match logic
+        .store
+        .store_offline(push.app, &offline, &message, max_len)
+        .await
+    {
+        Ok(evicted) => {
+            for r in results.iter_mut().filter(|r| r.status == Delivery::Offline) {
+                r.status = Delivery::Stored;
+            }
+            logic
+                .reach
+                .add(push.app, push.msgtype, Stage::Stored, offline.len() as u64);
+            metrics::counter!("tidegate_logic_offline_evicted_total", "app" => app)
+                .increment(evicted.iter().sum());
+        }
+        Err(e) => {
+            tracing::warn!(app = %push.app, targets = offline.len(), "offline store: {e}");
+            metrics::counter!("tidegate_logic_offline_store_failures_total", "app" => app)
+                .increment(offline.len() as u64);
+        }
+    }
 }
 
 /// One LINK_BROADCAST per linked gate shard, then their counts (waiting at

@@ -2,35 +2,23 @@
 //! online at send, written to a socket (the gate's LINK_DELIVER reply),
 //! acknowledged by the client (S2C_ACK), stored offline.
 //!
-//! Counted in this logic instance only — a store write per push target
-//! would cost more than the push — and exported twice: as Prometheus
-//! counters (`tidegate_logic_reach_total{app,msgtype,stage}`, summed across
-//! instances by the scraper) and by `GET /v1/stats/reach`. An ack may reach
-//! another instance than the push did (gates spread frames over links), so
-//! only sums over all instances are exact.
+//! Counted in memory first — a store write per push target would cost more
+//! than the push — then added to the store's totals by a flusher every
+//! `logic.reach_flush_ms` (one round trip for every changed counter), so
+//! `GET /v1/stats/reach` answers totals over every logic instance: an ack
+//! may reach another instance than the push did (gates spread frames over
+//! links). Also exported as Prometheus counters
+//! (`tidegate_logic_reach_total{app,msgtype,stage}`, per instance).
 //!
 //! The client's S2C_ACK carries only the msg id, so the msgtype travels
 //! inside it: [`msg_id`] ends in `-m<msgtype>` and [`msgtype_of`] reads it.
 
-use serde::Serialize;
+use crate::store::{ReachDelta, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tidegate_proto::{AppCode, MsgType};
 
-/// The counters of one app and msgtype.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ReachCounts {
-    /// Targets pushes named (for a broadcast: the sessions it reached).
-    pub sent: u64,
-    /// Targets with at least one live session when pushed.
-    pub online: u64,
-    /// Sessions a gate queued the frame to.
-    pub written: u64,
-    /// Client acknowledgements.
-    pub acked: u64,
-    /// Stored for an offline target (no offline storage yet: always 0).
-    pub stored: u64,
-}
+pub use crate::store::ReachCounts;
 
 /// Which counter an event bumps.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +31,8 @@ pub enum Stage {
     Written,
     /// See [`ReachCounts::acked`].
     Acked,
+    /// See [`ReachCounts::stored`].
+    Stored,
 }
 
 impl Stage {
@@ -52,17 +42,25 @@ impl Stage {
             Stage::Online => "online",
             Stage::Written => "written",
             Stage::Acked => "acked",
+            Stage::Stored => "stored",
         }
     }
 }
 
-/// This instance's counters.
+/// This instance's counters: everything counted since start, and what the
+/// store's totals do not hold yet.
 ///
 /// A std `Mutex`: one short critical section per push or gate reply (not
 /// per target), never held across an await.
 #[derive(Default)]
 pub struct Reach {
-    counts: Mutex<HashMap<(u16, u16), ReachCounts>>,
+    counts: Mutex<Counters>,
+}
+
+#[derive(Default)]
+struct Counters {
+    local: HashMap<(u16, u16), ReachCounts>,
+    unflushed: HashMap<(u16, u16), ReachCounts>,
 }
 
 impl Reach {
@@ -78,21 +76,89 @@ impl Reach {
             "stage" => stage.label()
         )
         .increment(n);
-        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let c = map.entry((app.0, msgtype.0)).or_default();
-        let field = match stage {
+        let mut guard = self.lock();
+        let c = &mut *guard;
+        for map in [&mut c.local, &mut c.unflushed] {
+            *stage.field(map.entry((app.0, msgtype.0)).or_default()) += n;
+        }
+    }
+
+    /// This instance's counters of one app and msgtype since it started.
+    pub fn local(&self, app: AppCode, msgtype: MsgType) -> ReachCounts {
+        let c = self.lock();
+        c.local
+            .get(&(app.0, msgtype.0))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Counted here but not yet in the store's totals.
+    pub fn unflushed(&self, app: AppCode, msgtype: MsgType) -> ReachCounts {
+        let c = self.lock();
+        c.unflushed
+            .get(&(app.0, msgtype.0))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Adds what is unflushed to the store's totals; on failure keeps it for
+    /// the next try, so nothing is lost or counted twice by a retry.
+    pub async fn flush(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let deltas: Vec<ReachDelta> = std::mem::take(&mut self.lock().unflushed)
+            .into_iter()
+            .map(|((app, msgtype), counts)| ReachDelta {
+                app: AppCode(app),
+                msgtype: MsgType(msgtype),
+                counts,
+            })
+            .collect();
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let result = store.add_reach(&deltas).await;
+        if result.is_err() {
+            let mut c = self.lock();
+            for d in deltas {
+                c.unflushed
+                    .entry((d.app.0, d.msgtype.0))
+                    .or_default()
+                    .add(&d.counts);
+            }
+        }
+        result
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Stage {
+    fn field(self, c: &mut ReachCounts) -> &mut u64 {
+        match self {
             Stage::Sent => &mut c.sent,
             Stage::Online => &mut c.online,
             Stage::Written => &mut c.written,
             Stage::Acked => &mut c.acked,
-        };
-        *field += n;
+            Stage::Stored => &mut c.stored,
+        }
     }
+}
 
-    /// The counters of one app and msgtype.
-    pub fn get(&self, app: AppCode, msgtype: MsgType) -> ReachCounts {
-        let map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&(app.0, msgtype.0)).copied().unwrap_or_default()
+/// Flushes `reach` to the store every `every` until the process ends.
+pub async fn flush_forever(logic: std::sync::Arc<crate::Logic>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = match logic.reach.flush(&*logic.store).await {
+            Ok(()) => "ok",
+            Err(e) => {
+                tracing::warn!("reach totals flush: {e}");
+                "store_error"
+            }
+        };
+        metrics::counter!("tidegate_logic_reach_flushes_total", "result" => result).increment(1);
     }
 }
 
@@ -126,14 +192,13 @@ mod tests {
         r.add(AppCode(1), MsgType(7), Stage::Sent, 3);
         r.add(AppCode(1), MsgType(7), Stage::Acked, 1);
         r.add(AppCode(2), MsgType(7), Stage::Sent, 5);
-        assert_eq!(
-            r.get(AppCode(1), MsgType(7)),
-            ReachCounts {
-                sent: 3,
-                acked: 1,
-                ..Default::default()
-            }
-        );
-        assert_eq!(r.get(AppCode(1), MsgType(8)), ReachCounts::default());
+        let want = ReachCounts {
+            sent: 3,
+            acked: 1,
+            ..Default::default()
+        };
+        assert_eq!(r.local(AppCode(1), MsgType(7)), want);
+        assert_eq!(r.unflushed(AppCode(1), MsgType(7)), want);
+        assert_eq!(r.local(AppCode(1), MsgType(8)), ReachCounts::default());
     }
 }

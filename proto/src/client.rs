@@ -146,6 +146,40 @@ impl Client {
         .await
     }
 
+    /// Reads the next page of the offline inbox after `after` (`""` = from
+    /// the start); `limit` 0 = the server's page size.
+    pub async fn pull_offline(
+        &mut self,
+        after: &str,
+        limit: u32,
+    ) -> Result<pb::OfflineBatch, ClientError> {
+        let seq = self.seq();
+        let pull = pb::OfflinePull {
+            after: after.into(),
+            limit,
+        };
+        self.send(&Frame::new(
+            Header::new(Cmd::OfflinePull, self.appcode, seq),
+            &pull,
+        ))
+        .await?;
+        let reply = self.reply(Cmd::OfflineBatch, seq).await?;
+        Ok(reply.decode_body()?)
+    }
+
+    /// Deletes the offline inbox up to and including `up_to` (a batch's
+    /// cursor) and waits for the server's confirmation.
+    pub async fn ack_offline(&mut self, up_to: &str) -> Result<(), ClientError> {
+        let seq = self.seq();
+        let mut header = Header::new(Cmd::OfflineAck, self.appcode, seq);
+        header.flags = Flags::ACK_REQUESTED;
+        let ack = pb::OfflineAck {
+            up_to: up_to.into(),
+        };
+        self.send(&Frame::new(header, &ack)).await?;
+        self.reply(Cmd::OfflineAck, seq).await.map(drop)
+    }
+
     /// Next frame from the server, whatever it is.
     pub async fn recv(&mut self) -> Result<Frame, ClientError> {
         if let Some(f) = self.queued.pop_front() {

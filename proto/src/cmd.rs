@@ -69,6 +69,9 @@ pub enum Cmd {
     LinkHeartbeat = 0x8009,
     /// link: one frame to every session of an app on a shard (`LinkBroadcast` / `LinkBroadcastReply`).
     LinkBroadcast = 0x800A,
+    /// link: a logged-in client's request that logic answers with a client
+    /// frame (`LinkForward` / `LinkForwardReply`).
+    LinkForward = 0x800B,
 }
 
 impl Cmd {
@@ -108,6 +111,7 @@ impl Cmd {
             0x8008 => LinkS2cAck,
             0x8009 => LinkHeartbeat,
             0x800A => LinkBroadcast,
+            0x800B => LinkForward,
             _ => return None,
         })
     }
@@ -158,6 +162,7 @@ impl Cmd {
             LinkS2cAck => "link_s2c_ack",
             LinkHeartbeat => "link_heartbeat",
             LinkBroadcast => "link_broadcast",
+            LinkForward => "link_forward",
         }
     }
 }

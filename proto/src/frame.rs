@@ -1,6 +1,6 @@
 //! A whole frame: header plus body bytes, and the encode/parse pair.
 
-use crate::{DecodeError, Header, HEADER_LEN};
+use crate::{pb, Cmd, DecodeError, ErrorCode, Flags, Header, HEADER_LEN};
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
@@ -64,6 +64,20 @@ impl Frame {
         let mut out = BytesMut::new();
         Frame::encode_msg(header, msg, &mut out);
         out.freeze()
+    }
+
+    /// An ERROR frame answering the request `h` (same appcode, msgtype, seq).
+    pub fn error_reply(h: &Header, code: ErrorCode, message: &str) -> Bytes {
+        let header = Header {
+            cmd: Cmd::Error,
+            flags: Flags::empty(),
+            ..*h
+        };
+        let body = pb::Error {
+            code: code.code(),
+            message: message.to_string(),
+        };
+        Frame::encode_msg_to_bytes(header, &body)
     }
 
     /// Writes this frame to `out`.

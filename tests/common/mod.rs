@@ -153,6 +153,20 @@ pub async fn get_json(url: &str) -> serde_json::Value {
         .expect("json")
 }
 
+/// POSTs `body` as JSON to `url` with the development app's API key; the
+/// status and JSON body.
+pub async fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(DEV_API_KEY)
+        .json(body)
+        .send()
+        .await
+        .expect("http");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("json body"))
+}
+
 /// Mints a token with the real `tidegate token` command.
 pub fn token(app: u16, uid: &str) -> String {
     let out = Command::new(BIN)

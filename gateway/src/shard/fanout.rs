@@ -74,7 +74,7 @@ impl Shard {
         let beat = pb::LinkHeartbeat {
             gate_id: self.gate_id.to_string(),
             shard: self.id,
-            shards: 0,
+            shards: u32::try_from(self.cfg.shards).unwrap_or(u32::MAX),
             connections: self.live.get() as u64,
             // A draining gate is never handed out by the directory.
             draining: self.draining.get(),

@@ -81,7 +81,9 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
-/// `GET /v1/stats/reach?app=&msgtype=`: this instance's reach counters.
+/// `GET /v1/stats/reach?app=&msgtype=`: reach totals over every logic
+/// instance (the store's totals plus what this instance has not flushed
+/// yet), and this instance's own counters.
 pub(super) async fn reach_handler(
     State(logic): State<Arc<Logic>>,
     headers: HeaderMap,
@@ -97,11 +99,16 @@ pub(super) async fn reach_handler(
                 .map_err(|_| ApiError::bad_request(format!("msgtype={v:?} is not 0-65535")))?,
         ),
     };
+    let mut counts = logic.store.reach_totals(app, msgtype).await?;
+    counts.add(&logic.reach.unflushed(app, msgtype));
     Ok(Json(json!({
         "app": app.0,
         "msgtype": msgtype.0,
-        "instance": logic.logic_id,
-        "counts": logic.reach.get(app, msgtype),
+        "counts": counts,
+        "instance": {
+            "id": logic.logic_id,
+            "counts": logic.reach.local(app, msgtype),
+        },
     })))
 }
 

@@ -3,7 +3,7 @@
 //! Both forms are validated into one [`Push`] by the same rules.
 
 use super::{authorize, ApiError};
-use crate::push::{self, Audience, Push, PushOutcome};
+use crate::push::{self, Audience, OfflineStorage, Push, PushOutcome};
 use crate::Logic;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
@@ -161,12 +161,11 @@ fn validate(logic: &Logic, headers: &HeaderMap, raw: Raw) -> Result<Push, ApiErr
     let msgtype = u16::try_from(raw.msgtype)
         .map(MsgType)
         .map_err(|_| ApiError::bad_request(format!("msgtype {} is not 0-65535", raw.msgtype)))?;
-    if raw.store_if_offline || raw.ttl_s != 0 {
-        return Err(ApiError::bad_request(
-            "store_if_offline and ttl_s need offline storage, which this build does not have yet; omit them",
-        ));
-    }
+    let store_if_offline = offline_storage(logic, &raw)?;
     let to = match raw.to {
+        None if store_if_offline.is_some() => return Err(ApiError::bad_request(
+            "store_if_offline needs a list of users: a push to \"all\" reaches online users only",
+        )),
         None => Audience::All,
         Some(to) => {
             if to.is_empty() {
@@ -191,5 +190,32 @@ fn validate(logic: &Logic, headers: &HeaderMap, raw: Raw) -> Result<Push, ApiErr
         to,
         content_type: raw.content_type,
         content: raw.content,
+        store_if_offline,
     })
+}
+
+/// `store_if_offline` and `ttl_s` (0 = `logic.offline_ttl_s`), checked
+/// against `logic.offline_max_ttl_s`.
+fn offline_storage(logic: &Logic, raw: &Raw) -> Result<Option<OfflineStorage>, ApiError> {
+    if !raw.store_if_offline {
+        if raw.ttl_s != 0 {
+            return Err(ApiError::bad_request(
+                "ttl_s applies only with store_if_offline: true",
+            ));
+        }
+        return Ok(None);
+    }
+    let ttl_s = match raw.ttl_s {
+        0 => logic.cfg.offline_ttl_s,
+        t if t > logic.cfg.offline_max_ttl_s => {
+            return Err(ApiError::bad_request(format!(
+                "ttl_s {t} is above the limit {} (logic.offline_max_ttl_s)",
+                logic.cfg.offline_max_ttl_s
+            )))
+        }
+        t => t,
+    };
+    Ok(Some(OfflineStorage {
+        ttl: std::time::Duration::from_secs(ttl_s),
+    }))
 }

@@ -1,4 +1,5 @@
-//! The single-node [`Store`]: presence and c2s streams in one redb file, so
+//! The single-node [`Store`]: presence, c2s streams and offline inboxes in
+//! one redb file, so
 //! `tidegate up` needs nothing else (ARCHITECTURE §2).
 //!
 //! Durability: redb commits copy-on-write and fsyncs before `commit` returns
@@ -18,9 +19,10 @@
 //! MVCC read transactions and never wait for the writer.
 
 use super::{
-    c2s_stream_key, check_max_len, current_incarnations, fold_gates, session_is_live, C2sEntry,
-    DevicePolicy, GateInfo, GateShardStatus, LoginOutcome, NewSession, SessionKey, SessionRecord,
-    Store, StoreError, StreamEntry, StreamId,
+    c2s_stream_key, check_max_len, current_incarnations, fold_gates, inbox_page, session_is_live,
+    C2sEntry, DevicePolicy, GateInfo, GateShardStatus, InboxEntry, InboxMessage, InboxPage,
+    LoginOutcome, NewSession, ReachCounts, ReachDelta, SessionKey, SessionRecord, Store,
+    StoreError, StreamEntry, StreamId,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -49,9 +51,25 @@ const C2S: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("c2s"
 /// stream key → `(last ms, last seq, entry count)`.
 const C2S_META: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("c2s_meta");
 
+/// `(app, uid, ms, seq)` → encoded [`InboxMessage`]: a user's offline
+/// inbox, one contiguous key range ordered like a Redis Stream.
+const INBOX: TableDefinition<(u16, &str, u64, u64), &[u8]> = TableDefinition::new("inbox");
+/// `(app, uid)` → `(last ms, last seq, message count)`.
+const INBOX_META: TableDefinition<(u16, &str), (u64, u64, u64)> =
+    TableDefinition::new("inbox_meta");
+/// `(expires ms, app, uid, ms, seq)` → `()`: inbox messages by expiry, so the
+/// writer's sweep finds expired ones without scanning every inbox.
+const INBOX_EXPIRY: TableDefinition<(u64, u16, &str, u64, u64), ()> =
+    TableDefinition::new("inbox_expiry");
+
+/// Reach totals in [`ReachCounts::fields`] order.
+type ReachRow = (u64, u64, u64, u64, u64);
+/// `(app, msgtype)` → its reach totals.
+const REACH: TableDefinition<(u16, u16), ReachRow> = TableDefinition::new("reach");
+
 /// Queued writes before callers wait: backpressure instead of unbounded memory.
 const QUEUE: usize = 8192;
-/// Layout version byte of an encoded c2s entry.
+/// Layout version byte of an encoded c2s entry and of an inbox message.
 const ENTRY_V1: u8 = 1;
 
 /// Presence and c2s streams in a durable local file.
@@ -268,7 +286,7 @@ impl Store for EmbeddedStore {
         entry: &C2sEntry,
         max_len: u64,
     ) -> Result<StreamId, StoreError> {
-        check_max_len(max_len)?;
+        check_max_len("c2s", max_len)?;
         let op = Op::AppendC2s {
             stream: c2s_stream_key(app, msgtype),
             encoded: encode_entry(entry),
@@ -309,6 +327,108 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn store_offline(
+        &self,
+        app: AppCode,
+        uids: &[String],
+        message: &InboxMessage,
+        max_len: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        check_max_len("offline inbox", max_len)?;
+        let op = Op::StoreOffline {
+            app: app.0,
+            uids: uids.to_vec(),
+            encoded: encode_inbox(message),
+            expires_ms: message.expires_ms,
+            max_len,
+        };
+        match self.write(op).await? {
+            Done::Stored(evicted) => Ok(evicted),
+            other => Err(mismatch("store_offline", &other)),
+        }
+    }
+
+    async fn read_offline(
+        &self,
+        app: AppCode,
+        uid: &str,
+        after: Option<StreamId>,
+        limit: usize,
+    ) -> Result<InboxPage, StoreError> {
+        if limit == 0 {
+            return Ok(InboxPage::default());
+        }
+        let uid = uid.to_string();
+        self.read(move |txn| {
+            let table = txn.open_table(INBOX).map_err(storage)?;
+            let u = uid.as_str();
+            let start = match after {
+                Some(id) => Bound::Excluded((app.0, u, id.ms, id.seq)),
+                None => Bound::Included((app.0, u, 0, 0)),
+            };
+            let range = (start, Bound::Included((app.0, u, u64::MAX, u64::MAX)));
+            let mut scanned = Vec::with_capacity(limit.min(1024) + 1);
+            for row in table.range(range).map_err(storage)?.take(limit + 1) {
+                let (key, value) = row.map_err(storage)?;
+                let (_, _, ms, seq) = key.value();
+                let id = StreamId { ms, seq };
+                let message = decode_inbox(value.value()).map_err(|why| {
+                    StoreError::Corrupt(format!("inbox {app}:{u} entry {id}: {why}"))
+                })?;
+                scanned.push(InboxEntry { id, message });
+            }
+            Ok(inbox_page(scanned, limit, now_ms()))
+        })
+        .await
+    }
+
+    async fn ack_offline(
+        &self,
+        app: AppCode,
+        uid: &str,
+        up_to: StreamId,
+    ) -> Result<u64, StoreError> {
+        let op = Op::AckOffline {
+            app: app.0,
+            uid: uid.to_string(),
+            up_to,
+        };
+        match self.write(op).await? {
+            Done::Acked(n) => Ok(n),
+            other => Err(mismatch("ack_offline", &other)),
+        }
+    }
+
+    async fn add_reach(&self, deltas: &[ReachDelta]) -> Result<(), StoreError> {
+        match self.write(Op::AddReach(deltas.to_vec())).await? {
+            Done::Counted => Ok(()),
+            other => Err(mismatch("add_reach", &other)),
+        }
+    }
+
+    async fn reach_totals(
+        &self,
+        app: AppCode,
+        msgtype: MsgType,
+    ) -> Result<ReachCounts, StoreError> {
+        self.read(move |txn| {
+            let table = txn.open_table(REACH).map_err(storage)?;
+            let row = table.get((app.0, msgtype.0)).map_err(storage)?;
+            Ok(row.map_or_else(ReachCounts::default, |r| reach_from_row(r.value())))
+        })
+        .await
+    }
+}
+
+/// A reach row as counters.
+fn reach_from_row((a, b, c, d, e): ReachRow) -> ReachCounts {
+    ReachCounts::from_fields(&[Some(a), Some(b), Some(c), Some(d), Some(e)])
+}
+
+/// Counters as a reach row.
+fn reach_to_row(r: &ReachCounts) -> ReachRow {
+    (r.sent, r.online, r.written, r.acked, r.stored)
 }
 
 /// The current incarnation of every gate with at least one shard whose
@@ -416,9 +536,58 @@ fn decode_entry(mut b: &[u8]) -> Result<C2sEntry, &'static str> {
     })
 }
 
+/// Byte offset of the expiry in an encoded inbox message.
+const INBOX_EXPIRY_AT: usize = 3;
+/// Bytes before an encoded inbox message's push.
+const INBOX_HEADER: usize = INBOX_EXPIRY_AT + 8;
+
+/// `[v1][msgtype u16][expires_ms u64][push…]`, big-endian.
+fn encode_inbox(m: &InboxMessage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(INBOX_HEADER + m.push.len());
+    out.push(ENTRY_V1);
+    out.extend_from_slice(&m.msgtype.0.to_be_bytes());
+    out.extend_from_slice(&m.expires_ms.to_be_bytes());
+    out.extend_from_slice(&m.push);
+    out
+}
+
+fn decode_inbox(b: &[u8]) -> Result<InboxMessage, &'static str> {
+    if b.len() < INBOX_HEADER {
+        return Err("truncated");
+    }
+    if b[0] != ENTRY_V1 {
+        return Err("unknown entry version");
+    }
+    Ok(InboxMessage {
+        msgtype: MsgType(u16::from_be_bytes([b[1], b[2]])),
+        expires_ms: inbox_expiry_of(b),
+        push: Bytes::copy_from_slice(&b[INBOX_HEADER..]),
+    })
+}
+
+/// The expiry of an encoded inbox message (0 if truncated: swept at once).
+fn inbox_expiry_of(b: &[u8]) -> u64 {
+    b.get(INBOX_EXPIRY_AT..INBOX_HEADER)
+        .and_then(|x| x.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inbox_encoding_round_trips_and_rejects_garbage() {
+        let m = InboxMessage {
+            msgtype: MsgType(65535),
+            expires_ms: 1_700_000_000_123,
+            push: Bytes::from_static(&[0, 255, 1]),
+        };
+        let encoded = encode_inbox(&m);
+        assert_eq!(decode_inbox(&encoded), Ok(m));
+        assert!(decode_inbox(&encoded[..INBOX_HEADER - 1]).is_err());
+        assert!(decode_inbox(&[2; INBOX_HEADER]).is_err());
+    }
 
     #[test]
     fn entry_encoding_round_trips_and_rejects_garbage() {

@@ -283,6 +283,100 @@ pub struct StreamEntry {
     pub entry: C2sEntry,
 }
 
+/// A push kept for a user who had no live session (`store_if_offline`),
+/// until the user pulls and acknowledges it or it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxMessage {
+    /// Business line of the push.
+    pub msgtype: MsgType,
+    /// When it stops being delivered, ms since the Unix epoch.
+    pub expires_ms: u64,
+    /// The encoded `pb::Push`, exactly as it would have gone out live.
+    pub push: Bytes,
+}
+
+/// An inbox message with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxEntry {
+    /// Position in the user's inbox.
+    pub id: StreamId,
+    /// The message.
+    pub message: InboxMessage,
+}
+
+/// One page of a user's inbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboxPage {
+    /// Unexpired messages, oldest first.
+    pub entries: Vec<InboxEntry>,
+    /// The last position the page covered (past its last entry when expired
+    /// ones were skipped); `None` when the page covered nothing.
+    pub cursor: Option<StreamId>,
+    /// Entries may follow `cursor`.
+    pub more: bool,
+}
+
+/// Reach-rate counters of one app and msgtype (ARCHITECTURE §4 s2c).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReachCounts {
+    /// Targets pushes named (for a broadcast: the sessions it reached).
+    pub sent: u64,
+    /// Targets with at least one live session when pushed.
+    pub online: u64,
+    /// Sessions a gate queued the frame to.
+    pub written: u64,
+    /// Client acknowledgements.
+    pub acked: u64,
+    /// Targets with no live session whose push went to the offline inbox.
+    pub stored: u64,
+}
+
+impl ReachCounts {
+    /// The counters as `(name, value)`, in a fixed order (the Redis hash
+    /// fields and the embedded row share it).
+    pub fn fields(&self) -> [(&'static str, u64); 5] {
+        [
+            ("sent", self.sent),
+            ("online", self.online),
+            ("written", self.written),
+            ("acked", self.acked),
+            ("stored", self.stored),
+        ]
+    }
+
+    /// Counters from values in [`ReachCounts::fields`] order; missing = 0.
+    pub fn from_fields(values: &[Option<u64>]) -> ReachCounts {
+        let v = |i: usize| values.get(i).copied().flatten().unwrap_or(0);
+        ReachCounts {
+            sent: v(0),
+            online: v(1),
+            written: v(2),
+            acked: v(3),
+            stored: v(4),
+        }
+    }
+
+    /// Adds `other` field by field (saturating: totals never wrap).
+    pub fn add(&mut self, other: &ReachCounts) {
+        self.sent = self.sent.saturating_add(other.sent);
+        self.online = self.online.saturating_add(other.online);
+        self.written = self.written.saturating_add(other.written);
+        self.acked = self.acked.saturating_add(other.acked);
+        self.stored = self.stored.saturating_add(other.stored);
+    }
+}
+
+/// Counts to add to one app and msgtype's totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReachDelta {
+    /// Tenant.
+    pub app: AppCode,
+    /// Business line.
+    pub msgtype: MsgType,
+    /// What to add.
+    pub counts: ReachCounts,
+}
+
 /// Store failures, tagged by what the caller should do.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -369,15 +463,70 @@ pub trait Store: Send + Sync + 'static {
         after: Option<StreamId>,
         limit: usize,
     ) -> Result<Vec<StreamEntry>, StoreError>;
+
+    /// Appends `message` to the inbox of each of `uids`, evicting the oldest
+    /// messages of an inbox beyond `max_len`; returns, per uid in order, how
+    /// many it evicted. An inbox is kept at least until its newest message
+    /// expires.
+    async fn store_offline(
+        &self,
+        app: AppCode,
+        uids: &[String],
+        message: &InboxMessage,
+        max_len: u64,
+    ) -> Result<Vec<u64>, StoreError>;
+
+    /// Up to `limit` positions of the user's inbox after `after` (from the
+    /// start when `None`); expired messages among them are left out.
+    async fn read_offline(
+        &self,
+        app: AppCode,
+        uid: &str,
+        after: Option<StreamId>,
+        limit: usize,
+    ) -> Result<InboxPage, StoreError>;
+
+    /// Deletes the user's inbox messages up to and including `up_to`;
+    /// returns how many it deleted.
+    async fn ack_offline(
+        &self,
+        app: AppCode,
+        uid: &str,
+        up_to: StreamId,
+    ) -> Result<u64, StoreError>;
+
+    /// Adds every delta to its app and msgtype's reach totals, shared by
+    /// all logic instances; one round trip, all or nothing.
+    async fn add_reach(&self, deltas: &[ReachDelta]) -> Result<(), StoreError>;
+
+    /// The reach totals of one app and msgtype over all instances.
+    async fn reach_totals(&self, app: AppCode, msgtype: MsgType)
+        -> Result<ReachCounts, StoreError>;
 }
 
-/// Refuses a stream length no backend can honour (every message would be
-/// trimmed away at once); both backends call it first in `append_c2s`.
-pub(crate) fn check_max_len(max_len: u64) -> Result<(), StoreError> {
+/// Builds an [`InboxPage`] from `limit + 1` scanned positions: the extra
+/// one only tells whether more follow. Expired messages are dropped here, so
+/// both backends skip them the same way.
+pub(crate) fn inbox_page(mut scanned: Vec<InboxEntry>, limit: usize, now_ms: u64) -> InboxPage {
+    let more = scanned.len() > limit;
+    scanned.truncate(limit);
+    let cursor = scanned.last().map(|e| e.id);
+    scanned.retain(|e| e.message.expires_ms > now_ms);
+    InboxPage {
+        entries: scanned,
+        cursor,
+        more,
+    }
+}
+
+/// Refuses a length bound no backend can honour (every message would be
+/// trimmed away at once); both backends call it first in `append_c2s`
+/// (`what` = "c2s") and `store_offline` ("offline inbox").
+pub(crate) fn check_max_len(what: &str, max_len: u64) -> Result<(), StoreError> {
     if max_len == 0 {
-        return Err(StoreError::BadInput(
-            "c2s max_len 0 would drop every message".into(),
-        ));
+        return Err(StoreError::BadInput(format!(
+            "{what} max_len 0 would drop every message"
+        )));
     }
     Ok(())
 }

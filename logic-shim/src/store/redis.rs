@@ -15,9 +15,15 @@
 //! * `{tg:gates}:inc` — hash gate id → the incarnation of its newest
 //!   heartbeat (same slot as `tg:gates`: the tag is the whole other key), so
 //!   a restarted gate's old sessions read as offline at once;
+//! * `tg:{<app>:<uid>}:inbox` — the user's offline inbox: a stream of
+//!   pushes (fields `t` msgtype, `x` expiry ms, `p` encoded push), trimmed
+//!   exactly to the configured length, acknowledged by `XTRIM MINID`, and
+//!   expiring with its longest-lived message;
+//! * `tg:reach` — reach totals of every logic instance, field
+//!   `<app>:<msgtype>:<stage>`;
 //! * `c2s:<app>:<msgtype>` — the app's c2s stream ([`c2s_stream_key`]).
 //!
-//! Both per-user keys carry the same hash tag, so the one Lua script per
+//! The per-user keys carry the same hash tag, so the one Lua script per
 //! presence transition touches a single cluster slot. Presence reads filter
 //! by `tg:gates` in the same round trip (a pipeline on a single node; on a
 //! cluster, concurrent commands the multiplexed connections pipeline).
@@ -26,12 +32,14 @@ mod codec;
 mod conn;
 
 use super::{
-    c2s_stream_key, check_max_len, fold_gates, session_is_live, C2sEntry, DevicePolicy, GateInfo,
-    GateShardStatus, LoginOutcome, NewSession, SessionKey, SessionRecord, Store, StoreError,
-    StreamEntry, StreamId,
+    c2s_stream_key, check_max_len, fold_gates, inbox_page, session_is_live, C2sEntry, DevicePolicy,
+    GateInfo, GateShardStatus, InboxEntry, InboxMessage, InboxPage, LoginOutcome, NewSession,
+    ReachCounts, ReachDelta, SessionKey, SessionRecord, Store, StoreError, StreamEntry, StreamId,
 };
 use async_trait::async_trait;
-use codec::{hash_pairs, parse_session, parse_xrange, StoredSession, StoredShard};
+use codec::{
+    c2s_entry, hash_pairs, inbox_message, parse_session, parse_xrange, StoredSession, StoredShard,
+};
 use conn::Conn;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use std::collections::HashMap;
@@ -112,6 +120,20 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
 return 1
 ";
 
+/// Adds reach deltas to [`REACH_KEY`] in one step, so a retried flush is
+/// either wholly applied or not at all. KEYS: reach. ARGV: field, n, ….
+const ADD_REACH: &str = r"
+for i = 1, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
+";
+
+/// Hash of reach totals, field `<app>:<msgtype>:<stage>`: one key (one
+/// cluster slot), so [`ADD_REACH`] is atomic on a cluster too; it is
+/// written once per second per logic instance, far from hot.
+const REACH_KEY: &str = "tg:reach";
+
 /// Sorted set of gate ids by lease end.
 const GATES_KEY: &str = "tg:gates";
 /// Hash gate id → current incarnation. Its hash tag is [`GATES_KEY`]
@@ -127,6 +149,7 @@ pub struct RedisStore {
     add_session: Script,
     remove_session: Script,
     renew_gate: Script,
+    add_reach: Script,
 }
 
 impl RedisStore {
@@ -141,6 +164,7 @@ impl RedisStore {
             add_session: Script::new(ADD_SESSION),
             remove_session: Script::new(REMOVE_SESSION),
             renew_gate: Script::new(RENEW_GATE),
+            add_reach: Script::new(ADD_REACH),
         })
     }
 
@@ -352,7 +376,7 @@ impl Store for RedisStore {
         entry: &C2sEntry,
         max_len: u64,
     ) -> Result<StreamId, StoreError> {
-        check_max_len(max_len)?;
+        check_max_len("c2s", max_len)?;
         let key = c2s_stream_key(app, msgtype);
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&key)
@@ -391,9 +415,146 @@ impl Store for RedisStore {
         cmd.arg(&key).arg(start).arg("+").arg("COUNT").arg(limit);
         let mut conn = self.conn.clone();
         let reply: Value = bounded(cmd.query_async(&mut conn)).await?;
-        parse_xrange(&key, reply)
+        let entries = parse_xrange(&key, reply, c2s_entry)?;
+        Ok(entries
+            .into_iter()
+            .map(|(id, entry)| StreamEntry { id, entry })
+            .collect())
+    }
+
+    async fn store_offline(
+        &self,
+        app: AppCode,
+        uids: &[String],
+        message: &InboxMessage,
+        max_len: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        check_max_len("offline inbox", max_len)?;
+        let ttl_ms = message.expires_ms.saturating_sub(now_ms()).max(1);
+        let mut cmds = Vec::with_capacity(uids.len() * INBOX_STORE_CMDS);
+        for uid in uids {
+            let key = inbox_key(app, uid);
+            let mut add = redis::cmd("XADD");
+            add.arg(&key)
+                .arg("*")
+                .arg("t")
+                .arg(message.msgtype.0)
+                .arg("x")
+                .arg(message.expires_ms)
+                .arg("p")
+                .arg(message.push.as_ref());
+            // Exact trim: its reply is the eviction count the API reports.
+            let mut trim = redis::cmd("XTRIM");
+            trim.arg(&key).arg("MAXLEN").arg(max_len);
+            // The inbox outlives its longest-lived message: NX gives a new
+            // inbox a lifetime, GT only ever extends it.
+            let mut first = redis::cmd("PEXPIRE");
+            first.arg(&key).arg(ttl_ms).arg("NX");
+            let mut extend = redis::cmd("PEXPIRE");
+            extend.arg(&key).arg(ttl_ms).arg("GT");
+            cmds.extend([add, trim, first, extend]);
+        }
+        let replies = bounded(self.conn.query_many(cmds)).await?;
+        replies
+            .chunks(INBOX_STORE_CMDS)
+            .map(|r| {
+                redis::from_redis_value::<u64>(r[1].clone())
+                    .map_err(|e| StoreError::Corrupt(format!("XTRIM inbox: {e}")))
+            })
+            .collect()
+    }
+
+    async fn read_offline(
+        &self,
+        app: AppCode,
+        uid: &str,
+        after: Option<StreamId>,
+        limit: usize,
+    ) -> Result<InboxPage, StoreError> {
+        if limit == 0 {
+            return Ok(InboxPage::default());
+        }
+        let key = inbox_key(app, uid);
+        let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(&key)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit + 1);
+        let mut conn = self.conn.clone();
+        let reply: Value = bounded(cmd.query_async(&mut conn)).await?;
+        let scanned = parse_xrange(&key, reply, inbox_message)?
+            .into_iter()
+            .map(|(id, message)| InboxEntry { id, message })
+            .collect();
+        Ok(inbox_page(scanned, limit, now_ms()))
+    }
+
+    async fn ack_offline(
+        &self,
+        app: AppCode,
+        uid: &str,
+        up_to: StreamId,
+    ) -> Result<u64, StoreError> {
+        // MINID keeps ids ≥ its argument: the successor of `up_to`.
+        let keep_from = match up_to.seq.checked_add(1) {
+            Some(seq) => StreamId { seq, ..up_to },
+            None => StreamId {
+                ms: up_to.ms.saturating_add(1),
+                seq: 0,
+            },
+        };
+        let mut cmd = redis::cmd("XTRIM");
+        cmd.arg(inbox_key(app, uid))
+            .arg("MINID")
+            .arg(keep_from.to_string());
+        let mut conn = self.conn.clone();
+        bounded(cmd.query_async(&mut conn)).await
+    }
+
+    async fn add_reach(&self, deltas: &[ReachDelta]) -> Result<(), StoreError> {
+        let mut call = self.add_reach.prepare_invoke();
+        call.key(REACH_KEY);
+        let mut any = false;
+        for d in deltas {
+            for (stage, n) in d.counts.fields().into_iter().filter(|(_, n)| *n > 0) {
+                call.arg(reach_field(d.app, d.msgtype, stage)).arg(n);
+                any = true;
+            }
+        }
+        if !any {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = bounded(call.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn reach_totals(
+        &self,
+        app: AppCode,
+        msgtype: MsgType,
+    ) -> Result<ReachCounts, StoreError> {
+        let stages = ReachCounts::default().fields().map(|(stage, _)| stage);
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(REACH_KEY);
+        for stage in stages {
+            cmd.arg(reach_field(app, msgtype, stage));
+        }
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<u64>> = bounded(cmd.query_async(&mut conn)).await?;
+        Ok(ReachCounts::from_fields(&values))
     }
 }
+
+/// The reach hash field of one counter.
+fn reach_field(app: AppCode, msgtype: MsgType, stage: &str) -> String {
+    format!("{app}:{msgtype}:{stage}")
+}
+
+/// Commands [`RedisStore::store_offline`] pipelines per user.
+const INBOX_STORE_CMDS: usize = 4;
 
 /// Runs one Redis call under [`OP_TIMEOUT`], mapping its error.
 async fn bounded<T>(fut: impl Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
@@ -427,6 +588,11 @@ fn presence_key(app: AppCode, uid: &str) -> String {
 /// Lease hash of one gate.
 fn gate_key(gate_id: &str) -> String {
     format!("tg:gate:{{{}}}", tag_safe(gate_id))
+}
+
+/// Offline inbox stream of one user; same hash tag as [`presence_key`].
+fn inbox_key(app: AppCode, uid: &str) -> String {
+    format!("tg:{{{app}:{}}}:inbox", tag_safe(uid))
 }
 
 /// Epoch counter of one user; same hash tag as [`presence_key`].
@@ -479,6 +645,7 @@ mod tests {
         };
         let p = presence_key(AppCode(3), uid);
         assert_eq!(tag(&p), tag(&epoch_key(AppCode(3), uid)));
+        assert_eq!(tag(&p), tag(&inbox_key(AppCode(3), uid)));
         assert_eq!(tag(&p), "3:x%7Dy%7Bz");
     }
 }

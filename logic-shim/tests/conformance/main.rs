@@ -6,7 +6,7 @@
 //!
 //! This file holds the fixtures, the instantiating macros and shared
 //! helpers; the cases live by concern in `presence.rs`, `policy.rs`,
-//! `gates.rs` and `c2s.rs`, backend-specific tests in `backends.rs`.
+//! `gates.rs`, `c2s.rs` and `offline.rs`, backend-specific tests in `backends.rs`.
 
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -16,8 +16,8 @@ use std::time::Duration;
 use tidegate_logic::store::embedded::EmbeddedStore;
 use tidegate_logic::store::redis::RedisStore;
 use tidegate_logic::store::{
-    C2sEntry, DevicePolicy, GateShardStatus, LoginOutcome, NewSession, SessionKey, SessionRecord,
-    Store, StoreError, StreamId,
+    C2sEntry, DevicePolicy, GateShardStatus, InboxEntry, InboxMessage, InboxPage, LoginOutcome,
+    NewSession, ReachCounts, ReachDelta, SessionKey, SessionRecord, Store, StoreError, StreamId,
 };
 use tidegate_logic::testkit::{free_port, RedisCluster, RedisServer};
 use tidegate_proto::{AppCode, MsgType};
@@ -26,11 +26,13 @@ use tokio::time::timeout;
 mod backends;
 mod c2s;
 mod gates;
+mod offline;
 mod policy;
 mod presence;
 
 use c2s::*;
 use gates::*;
+use offline::*;
 use policy::*;
 use presence::*;
 
@@ -99,6 +101,12 @@ macro_rules! every_case {
                 concurrent_single_device_logins_leave_exactly_one,
                 sessions_many_matches_sessions,
                 live_gates_sum_shards_and_drop_expired_ones,
+                offline_store_read_ack_round_trip,
+                offline_inboxes_are_per_app,
+                offline_inbox_evicts_the_oldest_beyond_max_len,
+                expired_offline_messages_are_skipped_but_cursor_moves,
+                concurrent_offline_stores_keep_every_message,
+                reach_totals_add_up_per_app_and_msgtype,
         );
     };
 }

@@ -2,14 +2,25 @@
 //! parent module's doc for why). It owns every write transaction; callers
 //! reach it only through [`Job`]s on a bounded channel.
 
-use super::{storage, C2S, C2S_META, EPOCHS, GATES, PRESENCE};
-use crate::store::{DevicePolicy, LoginOutcome, NewSession, SessionRecord, StoreError, StreamId};
+use super::{
+    inbox_expiry_of, reach_from_row, reach_to_row, storage, ReachRow, C2S, C2S_META, EPOCHS, GATES,
+    INBOX, INBOX_EXPIRY, INBOX_META, PRESENCE, REACH,
+};
+use crate::store::{
+    DevicePolicy, LoginOutcome, NewSession, ReachCounts, ReachDelta, SessionRecord, StoreError,
+    StreamId,
+};
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use tidegate_proto::now_ms;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most ops committed in one transaction; bounds a batch's latency.
 pub(super) const MAX_BATCH: usize = 1024;
+/// How often the writer deletes expired inbox messages (in a batch's
+/// transaction, when one is due), and how many at most per sweep: reads
+/// skip expired messages anyway, so sweeping only reclaims space.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const SWEEP_MAX: usize = 10_000;
 
 /// One write, as queued for the writer thread.
 pub(super) struct Job {
@@ -42,6 +53,19 @@ pub(super) enum Op {
         encoded: Vec<u8>,
         max_len: u64,
     },
+    StoreOffline {
+        app: u16,
+        uids: Vec<String>,
+        encoded: Vec<u8>,
+        expires_ms: u64,
+        max_len: u64,
+    },
+    AckOffline {
+        app: u16,
+        uid: String,
+        up_to: StreamId,
+    },
+    AddReach(Vec<ReachDelta>),
 }
 
 /// An op's result, sent only after its transaction committed.
@@ -51,6 +75,9 @@ pub(super) enum Done {
     Renewed,
     Removed(bool),
     Appended(StreamId),
+    Stored(Vec<u64>),
+    Acked(u64),
+    Counted,
 }
 
 /// Creates any missing table, in one committed transaction.
@@ -64,6 +91,7 @@ pub(super) fn create_tables(db: &Database) -> Result<(), StoreError> {
 /// commit for the whole batch (the rumqttd router's pattern, STYLE §6).
 pub(super) fn run_writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut last_sweep = std::time::Instant::now();
     while let Some(job) = rx.blocking_recv() {
         batch.push(job);
         while batch.len() < MAX_BATCH {
@@ -72,7 +100,11 @@ pub(super) fn run_writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        commit_batch(db, &mut batch);
+        let sweep = last_sweep.elapsed() >= SWEEP_EVERY;
+        if sweep {
+            last_sweep = std::time::Instant::now();
+        }
+        commit_batch(db, &mut batch, sweep);
     }
 }
 
@@ -80,7 +112,7 @@ pub(super) fn run_writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
 /// refused (it checks before it writes) fails alone; a storage failure fails
 /// the whole batch, since redb poisons a transaction that failed part way.
 /// No job is answered before the commit that holds it returned.
-fn commit_batch(db: &Database, batch: &mut Vec<Job>) {
+fn commit_batch(db: &Database, batch: &mut Vec<Job>, sweep: bool) {
     let result = (|| {
         let mut txn = db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::Immediate).map_err(storage)?;
@@ -89,6 +121,10 @@ fn commit_batch(db: &Database, batch: &mut Vec<Job>) {
             let mut tables = Tables::open(&txn)?;
             for job in batch.iter() {
                 done.push(tables.apply(&job.op).map_err(storage)?);
+            }
+            if sweep {
+                let swept = tables.sweep_expired(now_ms()).map_err(storage)?;
+                metrics::counter!("tidegate_logic_offline_expired_total").increment(swept);
             }
         }
         txn.commit().map_err(storage)?;
@@ -122,6 +158,10 @@ struct Tables<'txn> {
     epochs: redb::Table<'txn, (u16, &'static str), u64>,
     c2s: redb::Table<'txn, (&'static str, u64, u64), &'static [u8]>,
     meta: redb::Table<'txn, &'static str, (u64, u64, u64)>,
+    inbox: redb::Table<'txn, (u16, &'static str, u64, u64), &'static [u8]>,
+    inbox_meta: redb::Table<'txn, (u16, &'static str), (u64, u64, u64)>,
+    inbox_expiry: redb::Table<'txn, (u64, u16, &'static str, u64, u64), ()>,
+    reach: redb::Table<'txn, (u16, u16), ReachRow>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -132,6 +172,10 @@ impl<'txn> Tables<'txn> {
             epochs: txn.open_table(EPOCHS).map_err(storage)?,
             c2s: txn.open_table(C2S).map_err(storage)?,
             meta: txn.open_table(C2S_META).map_err(storage)?,
+            inbox: txn.open_table(INBOX).map_err(storage)?,
+            inbox_meta: txn.open_table(INBOX_META).map_err(storage)?,
+            inbox_expiry: txn.open_table(INBOX_EXPIRY).map_err(storage)?,
+            reach: txn.open_table(REACH).map_err(storage)?,
         })
     }
 
@@ -173,7 +217,130 @@ impl<'txn> Tables<'txn> {
                 encoded,
                 max_len,
             } => Ok(Done::Appended(self.append(stream, encoded, *max_len)?)),
+            Op::StoreOffline {
+                app,
+                uids,
+                encoded,
+                expires_ms,
+                max_len,
+            } => {
+                let mut evicted = Vec::with_capacity(uids.len());
+                for uid in uids {
+                    evicted.push(self.store_offline(*app, uid, encoded, *expires_ms, *max_len)?);
+                }
+                Ok(Done::Stored(evicted))
+            }
+            Op::AckOffline { app, uid, up_to } => {
+                let through = (*app, uid.as_str(), up_to.ms, up_to.seq);
+                let acked = self.remove_inbox_range(*app, uid, through, usize::MAX)?;
+                Ok(Done::Acked(acked))
+            }
+            Op::AddReach(deltas) => {
+                for d in deltas {
+                    let key = (d.app.0, d.msgtype.0);
+                    let mut total = self
+                        .reach
+                        .get(key)?
+                        .map_or_else(ReachCounts::default, |r| reach_from_row(r.value()));
+                    total.add(&d.counts);
+                    self.reach.insert(key, reach_to_row(&total))?;
+                }
+                Ok(Done::Counted)
+            }
         })
+    }
+
+    /// Appends to one user's inbox and evicts its oldest messages beyond
+    /// `max_len` (exactly: the count is what the push API reports).
+    fn store_offline(
+        &mut self,
+        app: u16,
+        uid: &str,
+        encoded: &[u8],
+        expires_ms: u64,
+        max_len: u64,
+    ) -> Result<u64, redb::Error> {
+        let (last_ms, last_seq, count) = self
+            .inbox_meta
+            .get((app, uid))?
+            .map_or((0, 0, 0), |g| g.value());
+        let id = next_id(last_ms, last_seq, now_ms());
+        self.inbox.insert((app, uid, id.ms, id.seq), encoded)?;
+        self.inbox_expiry
+            .insert((expires_ms, app, uid, id.ms, id.seq), ())?;
+        self.inbox_meta
+            .insert((app, uid), (id.ms, id.seq, count + 1))?;
+        let excess = usize::try_from((count + 1).saturating_sub(max_len)).unwrap_or(usize::MAX);
+        if excess == 0 {
+            return Ok(0);
+        }
+        self.remove_inbox_range(app, uid, (app, uid, u64::MAX, u64::MAX), excess)
+    }
+
+    /// Deletes up to `max` of the user's oldest inbox messages at or before
+    /// `through`, with their expiry index rows; returns how many.
+    fn remove_inbox_range(
+        &mut self,
+        app: u16,
+        uid: &str,
+        through: (u16, &str, u64, u64),
+        max: usize,
+    ) -> Result<u64, redb::Error> {
+        let doomed = self
+            .inbox
+            .range((app, uid, 0, 0)..=through)?
+            .take(max)
+            .map(|row| {
+                row.map(|(k, v)| {
+                    let (_, _, ms, seq) = k.value();
+                    (ms, seq, inbox_expiry_of(v.value()))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for &(ms, seq, expires_ms) in &doomed {
+            self.inbox.remove((app, uid, ms, seq))?;
+            self.inbox_expiry.remove((expires_ms, app, uid, ms, seq))?;
+        }
+        self.uncount_inbox(app, uid, doomed.len() as u64)?;
+        Ok(doomed.len() as u64)
+    }
+
+    /// Lowers the user's inbox count after `removed` deletions.
+    fn uncount_inbox(&mut self, app: u16, uid: &str, removed: u64) -> Result<(), redb::Error> {
+        if removed == 0 {
+            return Ok(());
+        }
+        let meta = self.inbox_meta.get((app, uid))?.map(|g| g.value());
+        if let Some((ms, seq, count)) = meta {
+            let count = count.saturating_sub(removed);
+            self.inbox_meta.insert((app, uid), (ms, seq, count))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes up to [`SWEEP_MAX`] messages that expired before `now`.
+    fn sweep_expired(&mut self, now: u64) -> Result<u64, redb::Error> {
+        let expired = self
+            .inbox_expiry
+            .range(..(now, 0, "", 0, 0))?
+            .take(SWEEP_MAX)
+            .map(|row| {
+                row.map(|(k, _)| {
+                    let (expires_ms, app, uid, ms, seq) = k.value();
+                    (expires_ms, app, uid.to_string(), ms, seq)
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (expires_ms, app, uid, ms, seq) in &expired {
+            self.inbox_expiry
+                .remove((*expires_ms, *app, uid.as_str(), *ms, *seq))?;
+            let gone = self
+                .inbox
+                .remove((*app, uid.as_str(), *ms, *seq))?
+                .is_some();
+            self.uncount_inbox(*app, uid, u64::from(gone))?;
+        }
+        Ok(expired.len() as u64)
     }
 
     fn add_session(
@@ -263,8 +430,7 @@ impl<'txn> Tables<'txn> {
         Ok(true)
     }
 
-    /// Appends with a Redis-style id: `ms` follows the clock but never goes
-    /// back (a clock step backwards keeps the last `ms` and bumps `seq`).
+    /// Appends with a [`next_id`] id, trimming about to `max_len`.
     fn append(
         &mut self,
         stream: &str,
@@ -272,15 +438,7 @@ impl<'txn> Tables<'txn> {
         max_len: u64,
     ) -> Result<StreamId, redb::Error> {
         let (last_ms, last_seq, count) = self.meta.get(stream)?.map_or((0, 0, 0), |g| g.value());
-        let now = now_ms();
-        let id = if now > last_ms {
-            StreamId { ms: now, seq: 0 }
-        } else {
-            StreamId {
-                ms: last_ms,
-                seq: last_seq + 1,
-            }
-        };
+        let id = next_id(last_ms, last_seq, now_ms());
         self.c2s.insert((stream, id.ms, id.seq), encoded)?;
         let mut count = count + 1;
         // Trim in steps of `slack` so the delete cost is amortized, like
@@ -303,6 +461,19 @@ impl<'txn> Tables<'txn> {
     }
 }
 
+/// A Redis-style id after `(last_ms, last_seq)`: `ms` follows the clock but
+/// never goes back (a clock step backwards keeps the last `ms`, bumps `seq`).
+fn next_id(last_ms: u64, last_seq: u64, now: u64) -> StreamId {
+    if now > last_ms {
+        StreamId { ms: now, seq: 0 }
+    } else {
+        StreamId {
+            ms: last_ms,
+            seq: last_seq + 1,
+        }
+    }
+}
+
 /// How far past `max_len` a stream may grow before a trim: ~6 %, at most 1000.
 fn trim_slack(max_len: u64) -> u64 {
     (max_len / 16).clamp(1, 1000)
@@ -311,6 +482,33 @@ fn trim_slack(max_len: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::ReadableTableMetadata;
+
+    #[test]
+    fn sweep_deletes_only_expired_messages_and_fixes_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("s.redb")).unwrap();
+        create_tables(&db).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = Tables::open(&txn).unwrap();
+            let now = now_ms();
+            // Interleaved: expired, live, expired: a sweep must not take the
+            // live one with it.
+            for (i, expires) in [now - 1, now + 60_000, now - 2].into_iter().enumerate() {
+                let encoded = [1, 0, 7, 0, 0, 0, 0, 0, 0, 0, i as u8];
+                let mut encoded = encoded.to_vec();
+                encoded[3..11].copy_from_slice(&expires.to_be_bytes());
+                t.store_offline(1, "u", &encoded, expires, 100).unwrap();
+            }
+            assert_eq!(t.sweep_expired(now).unwrap(), 2);
+            assert_eq!(t.inbox.len().unwrap(), 1);
+            assert_eq!(t.inbox_expiry.len().unwrap(), 1);
+            assert_eq!(t.inbox_meta.get((1, "u")).unwrap().unwrap().value().2, 1);
+            assert_eq!(t.sweep_expired(now).unwrap(), 0);
+        }
+        txn.commit().unwrap();
+    }
 
     #[test]
     fn slack_is_small_but_positive() {

@@ -3,11 +3,12 @@
 //! anything unexpected is [`StoreError::Corrupt`] naming the key.
 
 use crate::store::{
-    C2sEntry, GateShardStatus, NewSession, SessionRecord, StoreError, StreamEntry, StreamId,
+    C2sEntry, GateShardStatus, InboxMessage, NewSession, SessionRecord, StoreError, StreamId,
 };
 use bytes::Bytes;
 use redis::Value;
 use serde::{Deserialize, Serialize};
+use tidegate_proto::MsgType;
 
 /// A session's presence value minus the epoch, which the script prefixes.
 #[derive(Serialize, Deserialize)]
@@ -65,8 +66,13 @@ pub(super) fn parse_session(key: &str, value: &[u8]) -> Result<SessionRecord, St
     Ok(stored.into_record(epoch))
 }
 
-/// Decodes an XRANGE reply: `[[id, [field, value, …]], …]`.
-pub(super) fn parse_xrange(key: &str, reply: Value) -> Result<Vec<StreamEntry>, StoreError> {
+/// Decodes an XRANGE reply `[[id, [field, value, …]], …]`, each entry's
+/// fields by `parse`.
+pub(super) fn parse_xrange<T>(
+    key: &str,
+    reply: Value,
+    parse: impl Fn(Fields) -> Result<T, &'static str>,
+) -> Result<Vec<(StreamId, T)>, StoreError> {
     let corrupt = |why: &str| StoreError::Corrupt(format!("XRANGE {key}: {why}"));
     let Value::Array(items) = reply else {
         return Err(corrupt("reply is not an array"));
@@ -84,31 +90,46 @@ pub(super) fn parse_xrange(key: &str, reply: Value) -> Result<Vec<StreamEntry>, 
         let id: StreamId = as_text(&id)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| corrupt("entry id is not <ms>-<seq>"))?;
-        out.push(StreamEntry {
-            id,
-            entry: parse_fields(fields).map_err(|why| corrupt(&format!("entry {id}: {why}")))?,
-        });
+        let fields = field_pairs(fields).map_err(|why| corrupt(&format!("entry {id}: {why}")))?;
+        let entry = parse(fields).map_err(|why| corrupt(&format!("entry {id}: {why}")))?;
+        out.push((id, entry));
     }
     Ok(out)
 }
 
-/// Builds a [`C2sEntry`] from XADD's field list; unknown fields are ignored
-/// so a newer writer can add some.
-fn parse_fields(fields: Vec<Value>) -> Result<C2sEntry, &'static str> {
-    let (mut uid, mut ct, mut body, mut at) = (None, None, None, None);
+/// A stream entry's `(field name, value)` pairs.
+pub(super) type Fields = Vec<(String, Vec<u8>)>;
+
+fn field_pairs(fields: Vec<Value>) -> Result<Fields, &'static str> {
+    let mut out = Vec::with_capacity(fields.len() / 2);
     let mut it = fields.into_iter();
     while let (Some(name), Some(value)) = (it.next(), it.next()) {
         let Value::BulkString(value) = value else {
             return Err("field value is not a string");
         };
-        match as_text(&name) {
-            Some("uid") => uid = Some(String::from_utf8(value).map_err(|_| "uid is not UTF-8")?),
-            Some("ct") => ct = Some(String::from_utf8(value).map_err(|_| "ct is not UTF-8")?),
-            Some("body") => body = Some(Bytes::from(value)),
-            Some("at") => {
-                let text = std::str::from_utf8(&value).map_err(|_| "at is not a number")?;
-                at = Some(text.parse::<u64>().map_err(|_| "at is not a number")?);
-            }
+        let name = as_text(&name).ok_or("field name is not text")?;
+        out.push((name.to_string(), value));
+    }
+    Ok(out)
+}
+
+fn number(value: &[u8], what: &'static str) -> Result<u64, &'static str> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or(what)
+}
+
+/// Builds a [`C2sEntry`] from XADD's fields; unknown fields are ignored so
+/// a newer writer can add some.
+pub(super) fn c2s_entry(fields: Fields) -> Result<C2sEntry, &'static str> {
+    let (mut uid, mut ct, mut body, mut at) = (None, None, None, None);
+    for (name, value) in fields {
+        match name.as_str() {
+            "uid" => uid = Some(String::from_utf8(value).map_err(|_| "uid is not UTF-8")?),
+            "ct" => ct = Some(String::from_utf8(value).map_err(|_| "ct is not UTF-8")?),
+            "body" => body = Some(Bytes::from(value)),
+            "at" => at = Some(number(&value, "at is not a number")?),
             _ => {}
         }
     }
@@ -117,6 +138,28 @@ fn parse_fields(fields: Vec<Value>) -> Result<C2sEntry, &'static str> {
         content_type: ct.ok_or("no ct field")?,
         content: body.ok_or("no body field")?,
         at_ms: at.ok_or("no at field")?,
+    })
+}
+
+/// Builds an [`InboxMessage`] from its XADD fields `t` (msgtype), `x`
+/// (expiry, ms) and `p` (encoded push).
+pub(super) fn inbox_message(fields: Fields) -> Result<InboxMessage, &'static str> {
+    let (mut msgtype, mut expires, mut push) = (None, None, None);
+    for (name, value) in fields {
+        match name.as_str() {
+            "t" => {
+                let t = number(&value, "t is not a msgtype")?;
+                msgtype = Some(MsgType(u16::try_from(t).map_err(|_| "t is not a msgtype")?));
+            }
+            "x" => expires = Some(number(&value, "x is not a number")?),
+            "p" => push = Some(Bytes::from(value)),
+            _ => {}
+        }
+    }
+    Ok(InboxMessage {
+        msgtype: msgtype.ok_or("no t field")?,
+        expires_ms: expires.ok_or("no x field")?,
+        push: push.ok_or("no p field")?,
     })
 }
 
