@@ -59,6 +59,38 @@ fn idle_and_push_scenarios_run_and_report() {
     assert_eq!(push["latency"]["count"], 100);
 }
 
+
+#[test]
+fn rate_driven_push_delivers_every_scheduled_push() {
+    let tg = Tidegate::up(&Backend::Embedded, "");
+    let push = bench(&[
+        "push",
+        "--target",
+        &tg.client.to_string(),
+        "--http",
+        &tg.http.to_string(),
+        "--connections",
+        "20",
+        "--rate",
+        "200",
+        "--duration-s",
+        "2",
+    ]);
+    assert_eq!(push["requests_scheduled"], 400, "{push}");
+    assert_eq!(push["requests_ok"], 400, "{push}");
+    assert_eq!(push["delivered"], 400, "{push}");
+    assert_eq!(push["latency"]["count"], 400);
+    assert_eq!(push["http_latency"]["count"], 400);
+    assert_eq!(push["sender_lag"]["count"], 400);
+    assert!(push["latency"]["p99_us"].as_u64().unwrap() > 0);
+    let achieved = push["achieved_rate_per_s"].as_f64().unwrap();
+    assert!((150.0..=250.0).contains(&achieved), "{push}");
+}
+
+
+
+
+
 #[test]
 fn bench_refuses_non_loopback_targets() {
     let out = Command::new(BIN)
