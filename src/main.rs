@@ -53,6 +53,8 @@ enum BenchCmd {
     Idle(tidegate_bench::idle::IdleArgs),
     /// HTTP push → client receive: delivered targets/s and latency percentiles.
     Push(tidegate_bench::push::PushArgs),
+    /// Connect+login storm: logins/s, failures by reason, login latency.
+    Connect(tidegate_bench::connect::ConnectArgs),
 }
 
 #[derive(Args)]
@@ -170,6 +172,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(BenchCmd::Push(a)) => {
             let report = runtime()?.block_on(tidegate_bench::push::run(a))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Bench(BenchCmd::Connect(a)) => {
+            let report = runtime()?.block_on(tidegate_bench::connect::run(a))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

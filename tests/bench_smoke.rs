@@ -59,6 +59,37 @@ fn idle_and_push_scenarios_run_and_report() {
     assert_eq!(push["latency"]["count"], 100);
 }
 
+#[test]
+fn connect_storm_reports_logins_and_failures_by_reason() {
+    let tg = Tidegate::up(&Backend::Embedded, "");
+    let target = tg.client.to_string();
+    let ok = bench(&[
+        "connect",
+        "--target",
+        &target,
+        "--connections",
+        "100",
+        "--rate",
+        "400",
+    ]);
+    assert_eq!(ok["logged_in"], 100, "{ok}");
+    assert_eq!(ok["failures"], serde_json::json!({}), "{ok}");
+    assert_eq!(ok["login_latency"]["count"], 100);
+    assert!(ok["login_latency"]["p50_us"].as_u64().unwrap() > 0);
+    assert!(ok["logins_per_s"].as_f64().unwrap() > 0.0);
+
+    let refused = bench(&[
+        "connect",
+        "--target",
+        &target,
+        "--connections",
+        "10",
+        "--secret",
+        "not-the-secret-of-app-1",
+    ]);
+    assert_eq!(refused["logged_in"], 0, "{refused}");
+    assert_eq!(refused["failures"]["auth_failed"], 10, "{refused}");
+}
 
 #[test]
 fn rate_driven_push_delivers_every_scheduled_push() {
