@@ -55,6 +55,8 @@ enum BenchCmd {
     Push(tidegate_bench::push::PushArgs),
     /// Connect+login storm: logins/s, failures by reason, login latency.
     Connect(tidegate_bench::connect::ConnectArgs),
+    /// Pushes to "all": deliveries and time to the last client's receipt.
+    Broadcast(tidegate_bench::broadcast::BroadcastArgs),
 }
 
 #[derive(Args)]
@@ -177,6 +179,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(BenchCmd::Connect(a)) => {
             let report = runtime()?.block_on(tidegate_bench::connect::run(a))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Bench(BenchCmd::Broadcast(a)) => {
+            let report = runtime()?.block_on(tidegate_bench::broadcast::run(a))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

@@ -118,6 +118,34 @@ fn rate_driven_push_delivers_every_scheduled_push() {
     assert!((150.0..=250.0).contains(&achieved), "{push}");
 }
 
+#[test]
+fn broadcast_reaches_every_client_and_times_the_last() {
+    let tg = Tidegate::up(&Backend::Embedded, "");
+    let b = bench(&[
+        "broadcast",
+        "--target",
+        &tg.client.to_string(),
+        "--http",
+        &tg.http.to_string(),
+        "--connections",
+        "30",
+        "--messages",
+        "4",
+        "--interval-ms",
+        "200",
+    ]);
+    assert_eq!(b["expected"], 120, "{b}");
+    assert_eq!(b["deliveries"], 120, "{b}");
+    assert_eq!(b["complete_messages"], 4, "{b}");
+    assert_eq!(b["delivery_latency"]["count"], 120);
+    assert_eq!(b["time_to_last"]["count"], 4);
+    let ttl = b["time_to_last"]["p50_us"].as_u64().unwrap();
+    assert!(ttl > 0 && ttl >= b["delivery_latency"]["p50_us"].as_u64().unwrap());
+    for m in b["per_message"].as_array().unwrap() {
+        assert_eq!(m["server_delivered"], 30, "{m}");
+        assert_eq!(m["deliveries"], 30, "{m}");
+    }
+}
 
 
 

@@ -3,6 +3,7 @@
 //! `connect` (login storm), `push` (HTTP push → socket, closed loop or at a
 //! rate), `broadcast` (fan-out to all), `c2s` (device ingest).
 
+pub mod broadcast;
 pub mod connect;
 pub mod fleet;
 pub mod idle;
