@@ -57,6 +57,8 @@ enum BenchCmd {
     Connect(tidegate_bench::connect::ConnectArgs),
     /// Pushes to "all": deliveries and time to the last client's receipt.
     Broadcast(tidegate_bench::broadcast::BroadcastArgs),
+    /// Ack-requested C2S from N clients: ingest rate, ack latency, errors by code.
+    C2s(tidegate_bench::c2s::C2sArgs),
 }
 
 #[derive(Args)]
@@ -184,6 +186,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(BenchCmd::Broadcast(a)) => {
             let report = runtime()?.block_on(tidegate_bench::broadcast::run(a))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Bench(BenchCmd::C2s(a)) => {
+            let report = runtime()?.block_on(tidegate_bench::c2s::run(a))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

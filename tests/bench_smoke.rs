@@ -147,8 +147,95 @@ fn broadcast_reaches_every_client_and_times_the_last() {
     }
 }
 
+/// Frames per second per connection are unlimited, so c2s measures ingest.
+const UNTHROTTLED: &str = "[gateway.flow]\nframes_per_s = 0\n";
 
+#[test]
+fn c2s_acks_every_frame_flat_out_and_on_schedule() {
+    let tg = Tidegate::up(&Backend::Embedded, UNTHROTTLED);
+    let target = tg.client.to_string();
+    let flat = bench(&[
+        "c2s",
+        "--target",
+        &target,
+        "--connections",
+        "20",
+        "--window",
+        "4",
+        "--duration-s",
+        "2",
+    ]);
+    let sent = flat["sent"].as_u64().unwrap();
+    assert!(sent > 0, "{flat}");
+    assert_eq!(flat["acked"], sent, "{flat}");
+    assert_eq!(flat["errors"], serde_json::json!({}), "{flat}");
+    assert_eq!(flat["unanswered"], 0, "{flat}");
+    assert_eq!(flat["ack_latency"]["count"], sent);
+    assert!(flat["ingest_per_s"].as_f64().unwrap() > 0.0);
 
+    let paced = bench(&[
+        "c2s",
+        "--target",
+        &target,
+        "--connections",
+        "20",
+        "--per-client-rate",
+        "5",
+        "--duration-s",
+        "2",
+    ]);
+    assert_eq!(paced["scheduled"], 200, "{paced}");
+    assert_eq!(paced["acked"], 200, "{paced}");
+    assert_eq!(paced["backlog_dropped"], 0, "{paced}");
+    assert!(paced["ack_latency"]["p99_us"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn c2s_reports_refusals_by_error_code() {
+    // One frame per second per connection: nearly every frame is throttled.
+    let tg = Tidegate::up(
+        &Backend::Embedded,
+        "[gateway.flow]\nframes_per_s = 1\nframes_burst = 2\nclose_after_violations = 0\n",
+    );
+    let r = bench(&[
+        "c2s",
+        "--target",
+        &tg.client.to_string(),
+        "--connections",
+        "5",
+        "--window",
+        "4",
+        "--duration-s",
+        "1",
+    ]);
+    let throttled = r["errors"]["throttled"].as_u64().unwrap_or(0);
+    assert!(throttled > 0, "{r}");
+    assert_eq!(
+        r["acked"].as_u64().unwrap() + throttled,
+        r["sent"].as_u64().unwrap(),
+        "{r}"
+    );
+}
+
+#[test]
+fn bench_refuses_absurd_values_up_front() {
+    for args in [
+        &["push", "--rate", "1000000000", "--duration-s", "1"][..],
+        &["push", "--rate", "100", "--duration-s", "100000"],
+        &["c2s", "--window", "0"],
+        &["broadcast", "--messages", "1000000"],
+        &["connect", "--connections", "0"],
+        &["push", "--rate", "10", "--http", "192.0.2.1:7180"],
+    ] {
+        let out = Command::new(BIN).arg("bench").args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--") || err.contains("loopback"),
+            "{args:?}: {err}"
+        );
+    }
+}
 
 #[test]
 fn bench_refuses_non_loopback_targets() {

@@ -4,6 +4,7 @@
 //! rate), `broadcast` (fan-out to all), `c2s` (device ingest).
 
 pub mod broadcast;
+pub mod c2s;
 pub mod connect;
 pub mod fleet;
 pub mod idle;
