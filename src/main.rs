@@ -58,6 +58,12 @@ enum BenchCmd {
     Push(tidegate_bench::push::PushArgs),
     /// Tidegate vs a peer server (Mosquitto) in one run: memory per connection, fan-out, p99.
     Peers(tidegate_bench::peers::PeersArgs),
+    /// Connect+login storm: logins/s, failures by reason, login latency.
+    Connect(tidegate_bench::connect::ConnectArgs),
+    /// Pushes to "all": deliveries and time to the last client's receipt.
+    Broadcast(tidegate_bench::broadcast::BroadcastArgs),
+    /// Ack-requested C2S from N clients: ingest rate, ack latency, errors by code.
+    C2s(tidegate_bench::c2s::C2sArgs),
 }
 
 #[derive(Args)]
@@ -181,6 +187,21 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(BenchCmd::Peers(a)) => {
             let report = runtime()?.block_on(tidegate_bench::peers::run(a))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Bench(BenchCmd::Connect(a)) => {
+            let report = runtime()?.block_on(tidegate_bench::connect::run(a))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Bench(BenchCmd::Broadcast(a)) => {
+            let report = runtime()?.block_on(tidegate_bench::broadcast::run(a))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Bench(BenchCmd::C2s(a)) => {
+            let report = runtime()?.block_on(tidegate_bench::c2s::run(a))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

@@ -60,6 +60,184 @@ fn idle_and_push_scenarios_run_and_report() {
 }
 
 #[test]
+fn connect_storm_reports_logins_and_failures_by_reason() {
+    let tg = Tidegate::up(&Backend::Embedded, "");
+    let target = tg.client.to_string();
+    let ok = bench(&[
+        "connect",
+        "--target",
+        &target,
+        "--connections",
+        "100",
+        "--rate",
+        "400",
+    ]);
+    assert_eq!(ok["logged_in"], 100, "{ok}");
+    assert_eq!(ok["failures"], serde_json::json!({}), "{ok}");
+    assert_eq!(ok["login_latency"]["count"], 100);
+    assert!(ok["login_latency"]["p50_us"].as_u64().unwrap() > 0);
+    assert!(ok["logins_per_s"].as_f64().unwrap() > 0.0);
+
+    let refused = bench(&[
+        "connect",
+        "--target",
+        &target,
+        "--connections",
+        "10",
+        "--secret",
+        "not-the-secret-of-app-1",
+    ]);
+    assert_eq!(refused["logged_in"], 0, "{refused}");
+    assert_eq!(refused["failures"]["auth_failed"], 10, "{refused}");
+}
+
+#[test]
+fn rate_driven_push_delivers_every_scheduled_push() {
+    let tg = Tidegate::up(&Backend::Embedded, "");
+    let push = bench(&[
+        "push",
+        "--target",
+        &tg.client.to_string(),
+        "--http",
+        &tg.http.to_string(),
+        "--connections",
+        "20",
+        "--rate",
+        "200",
+        "--duration-s",
+        "2",
+    ]);
+    assert_eq!(push["requests_scheduled"], 400, "{push}");
+    assert_eq!(push["requests_ok"], 400, "{push}");
+    assert_eq!(push["delivered"], 400, "{push}");
+    assert_eq!(push["latency"]["count"], 400);
+    assert_eq!(push["http_latency"]["count"], 400);
+    assert_eq!(push["sender_lag"]["count"], 400);
+    assert!(push["latency"]["p99_us"].as_u64().unwrap() > 0);
+    let achieved = push["achieved_rate_per_s"].as_f64().unwrap();
+    assert!((150.0..=250.0).contains(&achieved), "{push}");
+}
+
+#[test]
+fn broadcast_reaches_every_client_and_times_the_last() {
+    let tg = Tidegate::up(&Backend::Embedded, "");
+    let b = bench(&[
+        "broadcast",
+        "--target",
+        &tg.client.to_string(),
+        "--http",
+        &tg.http.to_string(),
+        "--connections",
+        "30",
+        "--messages",
+        "4",
+        "--interval-ms",
+        "200",
+    ]);
+    assert_eq!(b["expected"], 120, "{b}");
+    assert_eq!(b["deliveries"], 120, "{b}");
+    assert_eq!(b["complete_messages"], 4, "{b}");
+    assert_eq!(b["delivery_latency"]["count"], 120);
+    assert_eq!(b["time_to_last"]["count"], 4);
+    let ttl = b["time_to_last"]["p50_us"].as_u64().unwrap();
+    assert!(ttl > 0 && ttl >= b["delivery_latency"]["p50_us"].as_u64().unwrap());
+    for m in b["per_message"].as_array().unwrap() {
+        assert_eq!(m["server_delivered"], 30, "{m}");
+        assert_eq!(m["deliveries"], 30, "{m}");
+    }
+}
+
+/// Frames per second per connection are unlimited, so c2s measures ingest.
+const UNTHROTTLED: &str = "[gateway.flow]\nframes_per_s = 0\n";
+
+#[test]
+fn c2s_acks_every_frame_flat_out_and_on_schedule() {
+    let tg = Tidegate::up(&Backend::Embedded, UNTHROTTLED);
+    let target = tg.client.to_string();
+    let flat = bench(&[
+        "c2s",
+        "--target",
+        &target,
+        "--connections",
+        "20",
+        "--window",
+        "4",
+        "--duration-s",
+        "2",
+    ]);
+    let sent = flat["sent"].as_u64().unwrap();
+    assert!(sent > 0, "{flat}");
+    assert_eq!(flat["acked"], sent, "{flat}");
+    assert_eq!(flat["errors"], serde_json::json!({}), "{flat}");
+    assert_eq!(flat["unanswered"], 0, "{flat}");
+    assert_eq!(flat["ack_latency"]["count"], sent);
+    assert!(flat["ingest_per_s"].as_f64().unwrap() > 0.0);
+
+    let paced = bench(&[
+        "c2s",
+        "--target",
+        &target,
+        "--connections",
+        "20",
+        "--per-client-rate",
+        "5",
+        "--duration-s",
+        "2",
+    ]);
+    assert_eq!(paced["scheduled"], 200, "{paced}");
+    assert_eq!(paced["acked"], 200, "{paced}");
+    assert_eq!(paced["backlog_dropped"], 0, "{paced}");
+    assert!(paced["ack_latency"]["p99_us"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn c2s_reports_refusals_by_error_code() {
+    // One frame per second per connection: nearly every frame is throttled.
+    let tg = Tidegate::up(
+        &Backend::Embedded,
+        "[gateway.flow]\nframes_per_s = 1\nframes_burst = 2\nclose_after_violations = 0\n",
+    );
+    let r = bench(&[
+        "c2s",
+        "--target",
+        &tg.client.to_string(),
+        "--connections",
+        "5",
+        "--window",
+        "4",
+        "--duration-s",
+        "1",
+    ]);
+    let throttled = r["errors"]["throttled"].as_u64().unwrap_or(0);
+    assert!(throttled > 0, "{r}");
+    assert_eq!(
+        r["acked"].as_u64().unwrap() + throttled,
+        r["sent"].as_u64().unwrap(),
+        "{r}"
+    );
+}
+
+#[test]
+fn bench_refuses_absurd_values_up_front() {
+    for args in [
+        &["push", "--rate", "1000000000", "--duration-s", "1"][..],
+        &["push", "--rate", "100", "--duration-s", "100000"],
+        &["c2s", "--window", "0"],
+        &["broadcast", "--messages", "1000000"],
+        &["connect", "--connections", "0"],
+        &["push", "--rate", "10", "--http", "192.0.2.1:7180"],
+    ] {
+        let out = Command::new(BIN).arg("bench").args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--") || err.contains("loopback"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn bench_refuses_non_loopback_targets() {
     let out = Command::new(BIN)
         .args([

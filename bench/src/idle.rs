@@ -2,21 +2,19 @@
 //! measure what an idle connection costs the gateway (RSS delta / N) beside
 //! what it costs the kernel (/proc/net/sockstat, /proc/slabinfo).
 
+use crate::fleet::{self, Member, StormPlan};
 use crate::procfs::{self, SockStat};
-use crate::{sources, Percentiles, Recorder};
-use anyhow::Context;
+use crate::{report, Percentiles};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tidegate_logic::auth::Auth;
-use tidegate_logic::config::AppConfig;
-use tidegate_proto::client::{Client, ClientError};
 use tidegate_proto::AppCode;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+
+/// A connect+login slower than this counts as a failure (`timeout`).
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Arguments of `tidegate bench idle`.
 #[derive(clap::Args, Debug, Clone)]
@@ -87,42 +85,38 @@ pub struct IdleReport {
 
 /// Runs the scenario.
 pub async fn run(args: IdleArgs) -> anyhow::Result<IdleReport> {
-    anyhow::ensure!(args.hold_s <= 600, "--hold-s is at most 600");
-    anyhow::ensure!(
-        args.target.ip().is_loopback(),
-        "bench targets loopback addresses only, not {}",
-        args.target
-    );
-    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
-    check_fd_budget(args.connections)?;
-    let auth = Arc::new(minting_auth(args.app, &args.secret));
+    report::ensure_range("--hold-s", args.hold_s, 0, 600)?;
+    report::ensure_loopback(args.target, "--target")?;
+    let plan = StormPlan {
+        target: args.target,
+        connections: args.connections,
+        app: AppCode(args.app),
+        secret: args.secret.clone(),
+        concurrency: args.concurrency,
+        rate: None,
+        timeout: LOGIN_TIMEOUT,
+    };
+    let limit = plan.worst_case() + Duration::from_secs(args.hold_s + 10);
+    report::within(limit, hold(args, plan)).await
+}
+
+async fn hold(args: IdleArgs, plan: StormPlan) -> anyhow::Result<IdleReport> {
     let rss = |pid: Option<u32>| pid.and_then(|p| procfs::rss_bytes(p).ok());
     let before = rss(args.gateway_pid);
     let sock_before = procfs::sockstat()?;
     let slab_before = procfs::tcp_slab_bytes();
     let started = Instant::now();
-
-    let (target, app) = (args.target, AppCode(args.app));
-    let Storm {
-        clients,
-        failures,
-        latency,
-        took,
-    } = storm(args.connections, args.concurrency, move |i| {
-        let auth = auth.clone();
-        async move { connect_and_login(target, i, app, &auth).await }
-    })
-    .await?;
-    let logged_in = clients.len();
+    let storm = fleet::storm(&plan).await?;
+    let logged_in = storm.members.len();
 
     // Keep every session alive (keepalive below the idle timeout) while
     // holding; the tasks end with the hold.
     let mut holders = JoinSet::new();
-    for mut c in clients {
+    for Member { mut client, .. } in storm.members {
         holders.spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(20)).await;
-                if c.keepalive().await.is_err() {
+                if client.keepalive().await.is_err() {
                     return;
                 }
             }
@@ -148,9 +142,9 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleReport> {
     let report = IdleReport {
         requested: args.connections,
         logged_in,
-        failures,
-        login_rate_per_s: logged_in as f64 / took.as_secs_f64(),
-        login_latency: latency.percentiles(),
+        failures: storm.failures,
+        login_rate_per_s: logged_in as f64 / storm.elapsed.as_secs_f64(),
+        login_latency: storm.latency.percentiles(),
         gateway_rss_before: before,
         gateway_rss_idle: idle,
         gateway_bytes_per_conn: before.zip(idle).map(|(b, i)| (i as f64 - b as f64) / n),
@@ -160,122 +154,10 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleReport> {
             .map(|(b, i)| (i as f64 - b as f64) / n),
         samples,
     };
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
+    report::write_json(args.json.as_deref(), &report)?;
     Ok(report)
-}
-
-/// The clients a connection storm opened, and what opening them took.
-pub(crate) struct Storm<C> {
-    /// Clients that connected (and logged in or subscribed).
-    pub clients: Vec<C>,
-    /// Failures by reason.
-    pub failures: BTreeMap<String, u64>,
-    /// Per-client open latency.
-    pub latency: Recorder,
-    /// First connect to last answer.
-    pub took: Duration,
-}
-
-/// Opens `connections` clients with `open(i)`, at most `concurrency` at once.
-pub(crate) async fn storm<C, F, Fut>(
-    connections: usize,
-    concurrency: usize,
-    open: F,
-) -> anyhow::Result<Storm<C>>
-where
-    C: Send + 'static,
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = Result<C, String>> + Send + 'static,
-{
-    let started = Instant::now();
-    let gate = Arc::new(Semaphore::new(concurrency));
-    let mut opens = JoinSet::new();
-    for i in 0..connections {
-        let permit = gate.clone().acquire_owned().await?;
-        let opening = open(i);
-        opens.spawn(async move {
-            let t0 = Instant::now();
-            let r = opening.await;
-            drop(permit);
-            r.map(|c| (c, t0.elapsed()))
-        });
-    }
-    let mut clients = Vec::with_capacity(connections);
-    let mut failures = BTreeMap::new();
-    let mut latency = Recorder::new();
-    while let Some(r) = opens.join_next().await {
-        match r? {
-            Ok((c, took)) => {
-                latency.record(took);
-                clients.push(c);
-            }
-            Err(reason) => *failures.entry(reason).or_insert(0) += 1,
-        }
-    }
-    Ok(Storm {
-        clients,
-        failures,
-        latency,
-        took: started.elapsed(),
-    })
 }
 
 fn delta(before: SockStat, after: SockStat) -> f64 {
     after.mem_bytes as f64 - before.mem_bytes as f64
-}
-
-pub(crate) async fn connect_and_login(
-    target: SocketAddr,
-    i: usize,
-    app: AppCode,
-    auth: &Auth,
-) -> Result<Client, String> {
-    let stream = sources::connect(target, i)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let mut c = Client::from_stream(stream).map_err(|e| format!("connect: {e}"))?;
-    let token = auth
-        .mint(app, &format!("idle-{i}"), 3600)
-        .map_err(|e| e.to_string())?;
-    match c.login(app, &token, &format!("dev-{i}"), "bench").await {
-        Ok(_) => Ok(c),
-        Err(ClientError::Server { code, .. }) => Err(format!("error_{code}")),
-        Err(e) => Err(format!("login: {e}")),
-    }
-}
-
-/// Token minting for the bench's clients: the app's secret, nothing else.
-pub(crate) fn minting_auth(app: u16, secret: &str) -> Auth {
-    let app = AppConfig {
-        code: app,
-        name: String::new(),
-        secrets: vec![secret.to_string()],
-        api_key: String::new(),
-        c2s_max_len: None,
-        offline_max_len: None,
-        device_policy: Default::default(),
-        c2s_webhook: None,
-    };
-    Auth::new(&[app], 0)
-}
-
-/// Refuses a run that would exceed this process's descriptor limit.
-pub(crate) fn check_fd_budget(connections: usize) -> anyhow::Result<()> {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let soft = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse::<usize>().ok());
-    if let Some(soft) = soft {
-        anyhow::ensure!(
-            connections + 64 <= soft,
-            "{connections} connections need more descriptors than this process may open ({soft}); \
-             use fewer connections per bench process"
-        );
-    }
-    Ok(())
 }

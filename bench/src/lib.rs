@@ -1,14 +1,20 @@
 //! Tidegate bench: the harness through which every performance claim of the
-//! project is made. Scenarios so far: `idle` (hold N logged-in connections
-//! and measure the gateway's memory per connection). The other scenarios of
-//! the bench issue arrive with it.
+//! project is made. Scenarios: `idle` (memory per held connection),
+//! `connect` (login storm), `push` (HTTP push → socket, closed loop or at a
+//! rate), `broadcast` (fan-out to all), `c2s` (device ingest).
 
+pub mod broadcast;
+pub mod c2s;
+pub mod connect;
+pub mod fleet;
 pub mod idle;
 pub mod mqtt;
+pub mod pace;
 pub mod peers;
 pub mod procfs;
 pub mod procs;
 pub mod push;
+pub mod report;
 pub mod sources;
 
 use hdrhistogram::Histogram;
@@ -59,9 +65,13 @@ impl Recorder {
         self.hist.saturating_record(us);
     }
 
-    /// Records one latency of a rate-driven run, correcting for coordinated
-    /// omission: a sample late by several intervals also stands for the
-    /// requests that should have been sent meanwhile.
+    /// Records one latency of a closed-loop run paced at `interval`,
+    /// correcting for coordinated omission: a sample late by several
+    /// intervals also stands for the requests that should have been sent
+    /// meanwhile. Open-loop scenarios (`pace.rs`) time each request from its
+    /// due instant instead and use [`Recorder::record`]: every scheduled
+    /// request is measured, so nothing is omitted and correcting again would
+    /// count each stall twice.
     pub fn record_corrected(&mut self, latency: Duration, interval: Duration) {
         let us = (latency.as_micros() as u64).clamp(1, 60_000_000);
         let expected = (interval.as_micros() as u64).max(1);

@@ -9,9 +9,10 @@
 pub mod fanout;
 pub mod mosquitto;
 pub mod process;
+pub mod storm;
 pub mod tidegate;
 
-use crate::{idle, procfs, Percentiles, Recorder};
+use crate::{fleet, procfs, Percentiles, Recorder};
 use anyhow::Context;
 use fanout::{FanoutReport, Subscriber};
 use serde::Serialize;
@@ -214,7 +215,7 @@ pub struct Sent {
 /// Runs the scenario.
 pub async fn run(args: PeersArgs) -> anyhow::Result<PeersReport> {
     let plan = plan_of(&args)?;
-    idle::check_fd_budget(plan.connections + plan.in_flight + 16)?;
+    fleet::check_fd_budget(plan.connections + plan.in_flight + 16)?;
     if let Some(t) = args.target {
         anyhow::ensure!(
             t.ip().is_loopback() && args.http.is_some_and(|h| h.ip().is_loopback()),
@@ -372,7 +373,7 @@ where
     let rss = || pid.and_then(|p| procfs::rss_bytes(p).ok());
     tokio::time::sleep(plan.settle).await;
     let rss_before = rss();
-    let storm = idle::storm(plan.connections, plan.concurrency, open).await?;
+    let storm = storm::storm(plan.connections, plan.concurrency, open).await?;
     let held = storm.clients.len();
     tokio::time::sleep(plan.settle).await;
     let rss_idle = rss();

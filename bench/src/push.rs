@@ -1,16 +1,21 @@
 //! `tidegate bench push`: HTTP push → client socket, end to end. N clients
-//! log in; batches of targets are pushed through `POST /v1/push`; every
-//! client timestamps what it receives against the send time carried in the
-//! content. Reports delivered targets per second and latency percentiles.
+//! log in; targets are pushed through `POST /v1/push`; every client
+//! timestamps what it receives against the send time carried in the
+//! content. Two loads: closed-loop batches (`--requests`, `--concurrency`:
+//! delivered targets per second at saturation) and, with `--rate`, an open
+//! loop of requests on a fixed schedule (`rate.rs`: latency at a given load).
 
-use crate::{idle, Percentiles, Recorder};
-use anyhow::Context;
+mod rate;
+
+use crate::fleet::{self, StormPlan};
+use crate::report::{self, SharedRecorder};
+use crate::Percentiles;
 use base64::Engine;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidegate_proto::AppCode;
 use tokio::sync::Semaphore;
@@ -37,23 +42,44 @@ pub struct PushArgs {
     /// Clients to log in.
     #[arg(long, default_value_t = 2000)]
     pub connections: usize,
-    /// Targets per push request.
-    #[arg(long, default_value_t = 1000)]
-    pub batch: usize,
-    /// Push requests to send.
+    /// Targets per push request (default 1000; 1 with --rate).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Push requests to send (closed loop).
     #[arg(long, default_value_t = 100)]
     pub requests: usize,
-    /// Push requests in flight at once.
+    /// Push requests in flight at once (closed loop).
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Open loop: push requests per second on a fixed schedule, each timed
+    /// from its due instant (1 to 200000).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Open loop: seconds of schedule (1 to 600).
+    #[arg(long, default_value_t = 10)]
+    pub duration_s: u64,
+    /// Open loop: most push requests in flight; beyond it sends wait (and
+    /// count as late).
+    #[arg(long, default_value_t = 1024)]
+    pub max_in_flight: usize,
     /// Write the report as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
 
-/// What `bench push` measured.
+/// What `bench push` measured, by load.
 #[derive(Debug, Clone, Serialize)]
-pub struct PushReport {
+#[serde(untagged)]
+pub enum PushReport {
+    /// Closed-loop batches.
+    Batches(BatchReport),
+    /// Open loop at `--rate`.
+    Rate(rate::RateReport),
+}
+
+/// What closed-loop `bench push` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchReport {
     /// Clients logged in.
     pub connections: usize,
     /// Targets named in all requests.
@@ -70,93 +96,116 @@ pub struct PushReport {
     pub http_latency: Percentiles,
 }
 
+/// Logins in flight while the fleet comes up.
+const LOGIN_CONCURRENCY: usize = 256;
+/// A login slower than this fails the run.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long receivers wait for the last push after the last request.
+const DRAIN: Duration = Duration::from_secs(60);
+
 /// Runs the scenario.
 pub async fn run(args: PushArgs) -> anyhow::Result<PushReport> {
-    anyhow::ensure!(
-        args.http.ip().is_loopback(),
-        "bench targets loopback addresses only"
-    );
-    anyhow::ensure!(
-        args.batch >= 1 && args.batch <= 10_000,
-        "--batch is 1 to 10000"
-    );
-    anyhow::ensure!(
-        args.connections >= 1 && args.concurrency >= 1,
-        "--connections and --concurrency are at least 1"
-    );
-    anyhow::ensure!(args.requests <= 100_000, "--requests is at most 100000");
-    idle::check_fd_budget(args.connections)?;
-    let auth = idle::minting_auth(args.app, &args.secret);
-    let app = AppCode(args.app);
-    let mut clients = Vec::with_capacity(args.connections);
-    for i in 0..args.connections {
-        let c = idle::connect_and_login(args.target, i, app, &auth)
-            .await
-            .map_err(|e| anyhow::anyhow!("client {i}: {e}"))?;
-        clients.push(c);
+    report::ensure_loopback(args.http, "--http")?;
+    report::ensure_loopback(args.target, "--target")?;
+    report::ensure_range("--connections", args.connections, 1, 100_000)?;
+    let plan = StormPlan {
+        target: args.target,
+        connections: args.connections,
+        app: AppCode(args.app),
+        secret: args.secret.clone(),
+        concurrency: LOGIN_CONCURRENCY,
+        rate: None,
+        timeout: LOGIN_TIMEOUT,
+    };
+    match args.rate {
+        Some(rate) => {
+            let load = rate::RateLoad::from_args(&args, rate)?;
+            fleet::check_fd_budget(args.connections + load.max_in_flight)?;
+            let limit = plan.worst_case() + load.worst_case();
+            let r = report::within(limit, rate::run(&args, &plan, load)).await?;
+            report::write_json(args.json.as_deref(), &r)?;
+            Ok(PushReport::Rate(r))
+        }
+        None => {
+            let batch = args.batch.unwrap_or(1000);
+            report::ensure_range("--batch", batch, 1, 10_000)?;
+            report::ensure_range("--requests", args.requests, 0, 100_000)?;
+            report::ensure_range("--concurrency", args.concurrency, 1, 1024)?;
+            fleet::check_fd_budget(args.connections + args.concurrency)?;
+            // Each request waits at most the HTTP timeout, then the drain.
+            let waves = args.requests.div_ceil(args.concurrency) as u32;
+            let limit = plan.worst_case() + HTTP_TIMEOUT * waves + DRAIN;
+            let r = report::within(limit, batches(&args, &plan, batch)).await?;
+            report::write_json(args.json.as_deref(), &r)?;
+            Ok(PushReport::Batches(r))
+        }
     }
+}
+
+/// One push request slower than this fails (closed loop) or counts as
+/// `timeout` (open loop).
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn batches(args: &PushArgs, plan: &StormPlan, batch: usize) -> anyhow::Result<BatchReport> {
+    let storm = fleet::storm(plan).await?;
+    storm.require_all(args.connections)?;
+    let clients = storm.members.into_iter().map(|m| m.client);
 
     // Request r names the next `batch` clients round-robin.
     let mut expected = vec![0u64; args.connections];
     for r in 0..args.requests {
-        for k in 0..args.batch {
-            expected[(r * args.batch + k) % args.connections] += 1;
+        for k in 0..batch {
+            expected[(r * batch + k) % args.connections] += 1;
         }
     }
     let epoch = Instant::now();
-    let latency = Arc::new(Mutex::new(Recorder::new()));
+    let latency = Arc::new(SharedRecorder::new());
     let delivered = Arc::new(AtomicU64::new(0));
-    let deadline = Duration::from_secs(60);
     let mut readers = JoinSet::new();
-    for (mut c, want) in clients.into_iter().zip(expected) {
+    for (i, (mut c, want)) in clients.zip(expected).enumerate() {
         let (latency, delivered) = (latency.clone(), delivered.clone());
         readers.spawn(async move {
-            let mut local = Recorder::new();
             for _ in 0..want {
-                let Ok(Ok(push)) = tokio::time::timeout(deadline, c.recv_push()).await else {
+                let Ok(Ok(push)) = tokio::time::timeout(DRAIN, c.recv_push()).await else {
                     break;
                 };
                 if let Some(sent) = push.content.get(..8) {
                     let sent_ns = u64::from_le_bytes(sent.try_into().unwrap_or([0; 8]));
                     let now_ns = epoch.elapsed().as_nanos() as u64;
-                    local.record(Duration::from_nanos(now_ns.saturating_sub(sent_ns)));
+                    latency.record(i, Duration::from_nanos(now_ns.saturating_sub(sent_ns)));
                 }
                 delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            if let Ok(mut l) = latency.lock() {
-                l.merge(&local);
             }
         });
     }
 
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder().timeout(HTTP_TIMEOUT).build()?;
     let url = format!("http://{}/v1/push", args.http);
     let gate = Arc::new(Semaphore::new(args.concurrency));
-    let http_latency = Arc::new(Mutex::new(Recorder::new()));
+    let http_latency = Arc::new(SharedRecorder::new());
     let started = Instant::now();
     let mut senders = JoinSet::new();
     for r in 0..args.requests {
         let permit = gate.clone().acquire_owned().await?;
-        let to: Vec<String> = (0..args.batch)
-            .map(|k| format!("idle-{}", (r * args.batch + k) % args.connections))
+        let to: Vec<String> = (0..batch)
+            .map(|k| fleet::uid((r * batch + k) % args.connections))
             .collect();
-        let (http, url, key, rec) = (
+        let (http, url, key, rec, app) = (
             http.clone(),
             url.clone(),
             args.api_key.clone(),
             http_latency.clone(),
+            args.app,
         );
         senders.spawn(async move {
             let sent_ns = epoch.elapsed().as_nanos() as u64;
             let content = base64::engine::general_purpose::STANDARD.encode(sent_ns.to_le_bytes());
-            let body = serde_json::json!({"app": args.app, "to": to, "content_b64": content});
+            let body = serde_json::json!({"app": app, "to": to, "content_b64": content});
             let t0 = Instant::now();
-            let r = http.post(&url).bearer_auth(&key).json(&body).send().await;
+            let resp = http.post(&url).bearer_auth(&key).json(&body).send().await;
             drop(permit);
-            let ok = matches!(&r, Ok(resp) if resp.status().is_success());
-            if let Ok(mut h) = rec.lock() {
-                h.record(t0.elapsed());
-            }
+            let ok = matches!(&resp, Ok(resp) if resp.status().is_success());
+            rec.record(r, t0.elapsed());
             ok
         });
     }
@@ -166,23 +215,13 @@ pub async fn run(args: PushArgs) -> anyhow::Result<PushReport> {
     while readers.join_next().await.is_some() {}
     let duration = started.elapsed();
     let delivered = delivered.load(Ordering::Relaxed);
-    let pct = |r: &Arc<Mutex<Recorder>>| {
-        r.lock()
-            .map(|r| r.percentiles())
-            .map_err(|_| anyhow::anyhow!("poisoned"))
-    };
-    let report = PushReport {
+    Ok(BatchReport {
         connections: args.connections,
-        targets_sent: (args.requests * args.batch) as u64,
+        targets_sent: (args.requests * batch) as u64,
         delivered,
         duration_s: duration.as_secs_f64(),
         targets_per_s: delivered as f64 / duration.as_secs_f64(),
-        latency: pct(&latency)?,
-        http_latency: pct(&http_latency)?,
-    };
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(report)
+        latency: latency.merged().percentiles(),
+        http_latency: http_latency.merged().percentiles(),
+    })
 }

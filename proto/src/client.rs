@@ -5,7 +5,8 @@ use crate::{pb, AppCode, Cmd, DecodeError, Flags, Frame, Header, MsgType, DEFAUL
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 /// What a client call can fail with.
@@ -234,15 +235,95 @@ impl Client {
     }
 
     async fn read_frame(&mut self) -> Result<Frame, ClientError> {
-        loop {
-            // The client trusts a server frame up to 16× the default body limit:
-            // pushes may carry larger content than a client may send.
-            if let Some(f) = Frame::parse(&mut self.rbuf, DEFAULT_MAX_BODY * 16)? {
-                return Ok(f);
-            }
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
-                return Err(ClientError::Closed);
-            }
+        read_frame(&mut self.stream, &mut self.rbuf).await
+    }
+
+    /// Splits the connection into a reader and a writer that work at once,
+    /// so a caller can keep several requests in flight (bench's C2S window)
+    /// instead of waiting for each reply.
+    pub fn into_split(self) -> (ClientReader, ClientWriter) {
+        let (read, write) = self.stream.into_split();
+        (
+            ClientReader {
+                read,
+                rbuf: self.rbuf,
+                queued: self.queued,
+            },
+            ClientWriter {
+                write,
+                next_seq: self.next_seq,
+                appcode: self.appcode,
+            },
+        )
+    }
+}
+
+/// The receiving half of a split [`Client`].
+pub struct ClientReader {
+    read: OwnedReadHalf,
+    rbuf: BytesMut,
+    queued: VecDeque<Frame>,
+}
+
+impl ClientReader {
+    /// Next frame from the server, whatever it is. Cancel-safe: bytes read
+    /// before a cancellation stay buffered for the next call.
+    pub async fn recv(&mut self) -> Result<Frame, ClientError> {
+        if let Some(f) = self.queued.pop_front() {
+            return Ok(f);
+        }
+        read_frame(&mut self.read, &mut self.rbuf).await
+    }
+}
+
+/// The sending half of a split [`Client`]; it numbers requests.
+pub struct ClientWriter {
+    write: OwnedWriteHalf,
+    next_seq: u32,
+    appcode: AppCode,
+}
+
+impl ClientWriter {
+    /// Encodes a C2S frame into `out` without sending it, so a caller can
+    /// write several in one syscall; returns its seq.
+    pub fn encode_c2s(
+        &mut self,
+        msgtype: MsgType,
+        payload: &pb::Payload,
+        ack: bool,
+        out: &mut BytesMut,
+    ) -> u32 {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let mut header = Header::new(Cmd::C2s, self.appcode, seq);
+        header.msgtype = msgtype;
+        if ack {
+            header.flags = Flags::ACK_REQUESTED;
+        }
+        Frame::encode_msg(header, payload, out);
+        seq
+    }
+
+    /// Writes already encoded frames.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.write.write_all(bytes).await?;
+        Ok(())
+    }
+}
+
+/// Reads until `rbuf` holds a whole frame.
+async fn read_frame(
+    stream: &mut (impl AsyncRead + Unpin),
+    rbuf: &mut BytesMut,
+) -> Result<Frame, ClientError> {
+    loop {
+        // The client trusts a server frame up to 16× the default body limit:
+        // pushes may carry larger content than a client may send.
+        if let Some(f) = Frame::parse(rbuf, DEFAULT_MAX_BODY * 16)? {
+            return Ok(f);
+        }
+        if stream.read_buf(rbuf).await? == 0 {
+            return Err(ClientError::Closed);
         }
     }
 }

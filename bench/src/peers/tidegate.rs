@@ -6,7 +6,7 @@
 use super::fanout::{self, Subscriber};
 use super::process::Server;
 use super::{measure_side, Plan, Sent, SideReport};
-use crate::{idle, Recorder};
+use crate::{fleet, Recorder};
 use anyhow::Context;
 use base64::Engine;
 use bytes::Bytes;
@@ -155,11 +155,16 @@ impl Subscriber for Client {
 /// Measures Tidegate at `ep`: idle memory with `plan.connections` logged-in
 /// clients, then `plan.messages` broadcasts to all of them.
 pub async fn measure(ep: &Endpoint, plan: &Plan, name: String) -> anyhow::Result<SideReport> {
-    let auth = Arc::new(idle::minting_auth(ep.app, &ep.secret));
+    let auth = Arc::new(fleet::minting_auth(ep.app, &ep.secret));
     let (target, app) = (ep.client, AppCode(ep.app));
     let open = move |i| {
         let auth = auth.clone();
-        async move { idle::connect_and_login(target, i, app, &auth).await }
+        async move {
+            fleet::connect_and_login(target, i, app, &auth)
+                .await
+                .map(|ok| ok.client)
+                .map_err(|f| f.label())
+        }
     };
     let http = reqwest::Client::new();
     let url = format!("http://{}/v1/push", ep.http);

@@ -1,0 +1,338 @@
+//! `bench push --rate R --duration-s D`: an open loop of push requests.
+//! Request k is due at `start + k / R` whatever happened to earlier ones; it
+//! is sent from its own task (a slow response never holds the next send
+//! back) over a pool of HTTP connections opened before the clock starts, and
+//! both its latencies are measured from its due instant (`pace.rs` explains
+//! why that is the coordinated-omission correction, and why `Recorder::record`
+//! rather than `record_corrected` goes with it).
+
+use super::{PushArgs, DRAIN, HTTP_TIMEOUT};
+use crate::fleet::{self, StormPlan};
+use crate::pace::{Pacer, Schedule};
+use crate::report::{self, SharedRecorder};
+use crate::Percentiles;
+use base64::Engine;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// A request that starts later than this after its due instant counts as
+/// late (sender lag: the pacer, the runtime or the in-flight cap held it).
+const LATE_AFTER: Duration = Duration::from_millis(1);
+/// Requests not started this long after the schedule's end are abandoned
+/// and counted as `not_sent`, so a stuck server cannot stretch the run.
+const SEND_GRACE: Duration = Duration::from_secs(10);
+/// How long warm-up connections may take to open.
+const WARMUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The validated open-loop load.
+pub(super) struct RateLoad {
+    rate: f64,
+    duration: Duration,
+    batch: usize,
+    /// Most requests in flight (and the pool's upper bound).
+    pub(super) max_in_flight: usize,
+    requests: u64,
+}
+
+impl RateLoad {
+    /// Checks the flags of an open-loop run.
+    pub(super) fn from_args(args: &PushArgs, rate: f64) -> anyhow::Result<RateLoad> {
+        report::ensure_range("--rate", rate, 1.0, 200_000.0)?;
+        report::ensure_range("--duration-s", args.duration_s, 1, 600)?;
+        report::ensure_range("--max-in-flight", args.max_in_flight, 1, 10_000)?;
+        let batch = args.batch.unwrap_or(1);
+        report::ensure_range("--batch", batch, 1, 10_000)?;
+        let requests = (rate * args.duration_s as f64).round() as u64;
+        anyhow::ensure!(
+            requests as f64 * batch as f64 <= 100_000_000.0,
+            "--rate × --duration-s × --batch names {} targets; at most 100,000,000 per run",
+            requests as f64 * batch as f64
+        );
+        Ok(RateLoad {
+            rate,
+            duration: Duration::from_secs(args.duration_s),
+            batch,
+            max_in_flight: args.max_in_flight,
+            requests,
+        })
+    }
+
+    /// The longest the load can take after the logins.
+    pub(super) fn worst_case(&self) -> Duration {
+        WARMUP_TIMEOUT + self.duration + SEND_GRACE + HTTP_TIMEOUT + DRAIN
+    }
+
+    /// Connections to open before the clock starts: what the rate keeps in
+    /// flight if each request took 2 ms, within sane bounds.
+    fn warm_connections(&self) -> usize {
+        ((self.rate * 0.002).ceil() as usize)
+            .clamp(8, 256)
+            .min(self.max_in_flight)
+    }
+}
+
+/// What open-loop `bench push` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateReport {
+    /// Clients logged in.
+    pub connections: usize,
+    /// Requests per second asked for.
+    pub rate_per_s: f64,
+    /// Seconds of schedule.
+    pub duration_s: f64,
+    /// Targets per request.
+    pub batch: usize,
+    /// Requests in the schedule.
+    pub requests_scheduled: u64,
+    /// Requests started.
+    pub requests_sent: u64,
+    /// Requests answered 2xx.
+    pub requests_ok: u64,
+    /// Failed requests by reason (`http_<status>`, `timeout`, `connect`, ...).
+    pub request_failures: BTreeMap<String, u64>,
+    /// Requests abandoned because the run fell too far behind.
+    pub not_sent: u64,
+    /// Requests started per second, first due instant to last start.
+    pub achieved_rate_per_s: f64,
+    /// Targets named in requests answered 2xx.
+    pub targets_ok: u64,
+    /// Pushes received by clients.
+    pub delivered: u64,
+    /// Due instant → client receipt.
+    pub latency: Percentiles,
+    /// Due instant → HTTP response read.
+    pub http_latency: Percentiles,
+    /// Due instant → request start.
+    pub sender_lag: Percentiles,
+    /// Requests that started more than `late_after_us` after their due instant.
+    pub late_starts: u64,
+    /// The lateness threshold, µs.
+    pub late_after_us: u64,
+    /// HTTP connections opened before the clock started.
+    pub warm_connections: usize,
+}
+
+/// What the sending side counts, shared by the request tasks.
+#[derive(Default)]
+struct Sent {
+    started: AtomicU64,
+    ok: AtomicU64,
+    late: AtomicU64,
+    /// Nanoseconds from the schedule start to the latest request start.
+    last_start_ns: AtomicU64,
+    failures: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Sent {
+    fn fail(&self, reason: String) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        *f.entry(reason).or_insert(0) += 1;
+    }
+}
+
+/// Runs the open loop against logged-in clients.
+pub(super) async fn run(
+    args: &PushArgs,
+    plan: &StormPlan,
+    load: RateLoad,
+) -> anyhow::Result<RateReport> {
+    let storm = fleet::storm(plan).await?;
+    storm.require_all(args.connections)?;
+    let epoch = Instant::now();
+    let latency = Arc::new(SharedRecorder::new());
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut readers = JoinSet::new();
+    for m in storm.members {
+        let (latency, delivered, mut client) = (latency.clone(), delivered.clone(), m.client);
+        readers.spawn(async move {
+            while let Ok(push) = client.recv_push().await {
+                if let Some(due_ns) = stamp(&push.content) {
+                    let now_ns = epoch.elapsed().as_nanos() as u64;
+                    latency.record(m.index, Duration::from_nanos(now_ns.saturating_sub(due_ns)));
+                }
+                delivered.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    let http = reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .tcp_nodelay(true)
+        .build()?;
+    let warm = load.warm_connections();
+    warm_up(&http, args, warm).await?;
+
+    // Parsed and formatted once, not per request.
+    let url = reqwest::Url::parse(&format!("http://{}/v1/push", args.http))?;
+    let auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", args.api_key))?;
+    let in_flight = Arc::new(Semaphore::new(load.max_in_flight));
+    let sent = Arc::new(Sent::default());
+    let http_latency = Arc::new(SharedRecorder::new());
+    let lag = Arc::new(SharedRecorder::new());
+    let start = Instant::now() + Duration::from_millis(10);
+    let send_deadline = start + load.duration + SEND_GRACE;
+    let mut pacer = Pacer::start(Schedule::at_rate(load.rate, load.requests, start))?;
+    let mut requests = JoinSet::new();
+    let mut not_sent = 0;
+    while let Some(slot) = pacer.next().await {
+        let permit =
+            match tokio::time::timeout_at(send_deadline.into(), in_flight.clone().acquire_owned())
+                .await
+            {
+                Ok(p) => p?,
+                Err(_) => {
+                    not_sent = load.requests - slot.index;
+                    break;
+                }
+            };
+        let k = slot.index as usize;
+        let to: Vec<String> = (0..load.batch)
+            .map(|j| fleet::uid((k * load.batch + j) % args.connections))
+            .collect();
+        let body = push_body(args.app, &to, slot.due.duration_since(epoch));
+        let (http, url, auth) = (http.clone(), url.clone(), auth.clone());
+        let (sent, http_latency, lag) = (sent.clone(), http_latency.clone(), lag.clone());
+        requests.spawn(async move {
+            let started = Instant::now();
+            let late_by = started.saturating_duration_since(slot.due);
+            lag.record(k, late_by);
+            if late_by > LATE_AFTER {
+                sent.late.fetch_add(1, Ordering::Relaxed);
+            }
+            sent.started.fetch_add(1, Ordering::Relaxed);
+            sent.last_start_ns.fetch_max(
+                started.saturating_duration_since(start).as_nanos() as u64,
+                Ordering::Relaxed,
+            );
+            match post(&http, url, auth, body).await {
+                Ok(()) => {
+                    http_latency.record(k, slot.due.elapsed());
+                    sent.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(reason) => sent.fail(reason),
+            }
+            drop(permit);
+        });
+        while let Some(done) = requests.try_join_next() {
+            done?;
+        }
+        if Instant::now() > send_deadline {
+            not_sent = load.requests - slot.index - 1;
+            break;
+        }
+    }
+    drop(pacer);
+    while let Some(done) = requests.join_next().await {
+        done?;
+    }
+
+    let ok = sent.ok.load(Ordering::Relaxed);
+    anyhow::ensure!(
+        ok > 0,
+        "no push request succeeded: {:?} (check --api-key, --app and --http)",
+        sent.failures.lock().unwrap_or_else(|p| p.into_inner())
+    );
+    let targets_ok = ok * load.batch as u64;
+    let drain_end = Instant::now() + DRAIN;
+    while delivered.load(Ordering::Relaxed) < targets_ok && Instant::now() < drain_end {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    readers.abort_all();
+    while readers.join_next().await.is_some() {}
+
+    let started_n = sent.started.load(Ordering::Relaxed);
+    let span = Duration::from_nanos(sent.last_start_ns.load(Ordering::Relaxed))
+        + Duration::from_secs_f64(1.0 / load.rate);
+    let failures = std::mem::take(&mut *sent.failures.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(RateReport {
+        connections: args.connections,
+        rate_per_s: load.rate,
+        duration_s: load.duration.as_secs_f64(),
+        batch: load.batch,
+        requests_scheduled: load.requests,
+        requests_sent: started_n,
+        requests_ok: ok,
+        request_failures: failures,
+        not_sent,
+        achieved_rate_per_s: started_n as f64 / span.as_secs_f64(),
+        targets_ok,
+        delivered: delivered.load(Ordering::Relaxed),
+        latency: latency.merged().percentiles(),
+        http_latency: http_latency.merged().percentiles(),
+        sender_lag: lag.merged().percentiles(),
+        late_starts: sent.late.load(Ordering::Relaxed),
+        late_after_us: LATE_AFTER.as_micros() as u64,
+        warm_connections: warm,
+    })
+}
+
+/// Opens `n` pooled connections at once (a concurrent GET each), so the
+/// first scheduled requests do not pay for TCP handshakes.
+async fn warm_up(http: &reqwest::Client, args: &PushArgs, n: usize) -> anyhow::Result<()> {
+    let url = format!("http://{}/healthz", args.http);
+    let mut gets = JoinSet::new();
+    for _ in 0..n {
+        let (http, url) = (http.clone(), url.clone());
+        gets.spawn(async move {
+            let r = http.get(&url).timeout(WARMUP_TIMEOUT).send().await?;
+            r.bytes().await
+        });
+    }
+    while let Some(r) = gets.join_next().await {
+        r?.map_err(|e| anyhow::anyhow!("warming up HTTP connections to {url}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Sends one push and reads its whole answer (which returns the
+/// connection to the pool); the failure's report key otherwise.
+async fn post(
+    http: &reqwest::Client,
+    url: reqwest::Url,
+    auth: reqwest::header::HeaderValue,
+    body: String,
+) -> Result<(), String> {
+    let resp = http
+        .post(url)
+        .header(reqwest::header::AUTHORIZATION, auth)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| failure_reason(&e))?;
+    let status = resp.status();
+    resp.bytes().await.map_err(|e| failure_reason(&e))?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("http_{}", status.as_u16()))
+    }
+}
+
+fn failure_reason(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timeout".into()
+    } else if e.is_connect() {
+        "connect".into()
+    } else {
+        format!("other: {e}")
+    }
+}
+
+/// The JSON push body; its content is the due instant (ns since the run's
+/// epoch), which the receiving client turns into a latency.
+fn push_body(app: u16, to: &[String], due: Duration) -> String {
+    let stamp = (due.as_nanos() as u64).to_le_bytes();
+    let content = base64::engine::general_purpose::STANDARD.encode(stamp);
+    serde_json::json!({"app": app, "to": to, "content_b64": content}).to_string()
+}
+
+/// The due instant a push carries, if it is one of ours.
+fn stamp(content: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(content.get(..8)?.try_into().ok()?))
+}
