@@ -65,9 +65,10 @@ fn gateway(cfg: &str, logic: &LogicProc) -> (Proc, SocketAddr) {
 /// test can set limits first (`prefix`, e.g. `ulimit -n 160 &&`).
 fn supervisor(cfg: &str, logic: &LogicProc, prefix: &str) -> (Proc, SocketAddr, [u32; 2]) {
     let client: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
+    // Admin port 0: each worker binds its own. A fixed one would give worker
+    // 1 the next port up, which another test's process may hold.
     let script = format!(
-        "{prefix} exec {} gateway --config {cfg} --workers 2 --shards 1 --logic {} --client-addr {client} --admin-addr {admin}",
+        "{prefix} exec {} gateway --config {cfg} --workers 2 --shards 1 --logic {} --client-addr {client} --admin-addr 127.0.0.1:0",
         common::BIN,
         logic.link
     );
