@@ -175,36 +175,7 @@ fn main() -> anyhow::Result<()> {
         Command::Token(a) => token(a),
         Command::Client(a) => cli_client::run(a),
         Command::Preflight(a) => preflight::run(a),
-        Command::Bench(BenchCmd::Idle(a)) => {
-            let report = runtime()?.block_on(tidegate_bench::idle::run(a))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
-        }
-        Command::Bench(BenchCmd::Push(a)) => {
-            let report = runtime()?.block_on(tidegate_bench::push::run(a))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
-        }
-        Command::Bench(BenchCmd::Peers(a)) => {
-            let report = runtime()?.block_on(tidegate_bench::peers::run(a))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
-        }
-        Command::Bench(BenchCmd::Connect(a)) => {
-            let report = runtime()?.block_on(tidegate_bench::connect::run(a))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
-        }
-        Command::Bench(BenchCmd::Broadcast(a)) => {
-            let report = runtime()?.block_on(tidegate_bench::broadcast::run(a))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
-        }
-        Command::Bench(BenchCmd::C2s(a)) => {
-            let report = runtime()?.block_on(tidegate_bench::c2s::run(a))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
-        }
+        Command::Bench(scenario) => bench(scenario),
     }
 }
 
@@ -445,5 +416,21 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         .mint(AppCode(args.app), &args.uid, args.ttl)
         .map_err(|e| anyhow::anyhow!("token: {e}"))?;
     println!("{token}");
+    Ok(())
+}
+
+/// Runs one bench scenario and prints its report as JSON.
+fn bench(scenario: BenchCmd) -> anyhow::Result<()> {
+    use tidegate_bench as b;
+    let rt = runtime()?;
+    let report = match scenario {
+        BenchCmd::Idle(a) => serde_json::to_value(rt.block_on(b::idle::run(a))?),
+        BenchCmd::Push(a) => serde_json::to_value(rt.block_on(b::push::run(a))?),
+        BenchCmd::Peers(a) => serde_json::to_value(rt.block_on(b::peers::run(a))?),
+        BenchCmd::Connect(a) => serde_json::to_value(rt.block_on(b::connect::run(a))?),
+        BenchCmd::Broadcast(a) => serde_json::to_value(rt.block_on(b::broadcast::run(a))?),
+        BenchCmd::C2s(a) => serde_json::to_value(rt.block_on(b::c2s::run(a))?),
+    }?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
