@@ -5,6 +5,7 @@
 //! delivered targets per second at saturation) and, with `--rate`, an open
 //! loop of requests on a fixed schedule (`rate.rs`: latency at a given load).
 
+mod pool;
 mod rate;
 
 use crate::fleet::{self, StormPlan};
