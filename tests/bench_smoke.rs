@@ -119,6 +119,35 @@ fn rate_driven_push_delivers_every_scheduled_push() {
 }
 
 #[test]
+fn rate_driven_push_waits_for_the_in_flight_cap_and_counts_late_starts() {
+    let tg = Tidegate::up(&Backend::Embedded, "");
+    let push = bench(&[
+        "push",
+        "--target",
+        &tg.client.to_string(),
+        "--http",
+        &tg.http.to_string(),
+        "--connections",
+        "10",
+        "--rate",
+        "2000",
+        "--duration-s",
+        "1",
+        "--max-in-flight",
+        "1",
+    ]);
+    // One request at a time cannot keep 2,000/s on a debug build: sends
+    // wait for the one permit, start late, and still all arrive.
+    assert_eq!(push["requests_ok"], 2000, "{push}");
+    assert_eq!(push["delivered"], 2000, "{push}");
+    assert!(push["late_starts"].as_u64().unwrap() > 0, "{push}");
+    assert!(
+        push["sender_lag"]["max_us"].as_u64().unwrap() > 1000,
+        "{push}"
+    );
+}
+
+#[test]
 fn broadcast_reaches_every_client_and_times_the_last() {
     let tg = Tidegate::up(&Backend::Embedded, "");
     let b = bench(&[

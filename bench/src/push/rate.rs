@@ -228,11 +228,17 @@ pub(super) async fn run(
                 Ok(p) => Some(p),
                 // Every request in flight: wait (the wait shows as lag) but
                 // never past the deadline.
+                // The timeout is built inside the async block: this thread
+                // is not a runtime thread, and a tokio timer can only be
+                // created where a runtime is entered.
                 Err(_) => runtime
-                    .block_on(tokio::time::timeout_at(
-                        send_deadline.into(),
-                        in_flight.clone().acquire_owned(),
-                    ))
+                    .block_on(async {
+                        tokio::time::timeout_at(
+                            send_deadline.into(),
+                            in_flight.clone().acquire_owned(),
+                        )
+                        .await
+                    })
                     .ok()
                     .and_then(Result::ok),
             };
