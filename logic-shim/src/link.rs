@@ -131,7 +131,7 @@ async fn read_loop(
     }
     loop {
         while let Some(frame) = Frame::parse(buf, MAX_LINK_BODY)? {
-            let lane = (peek_conn(&frame.body) % LANES as u64) as usize;
+            let lane = lane_of(peek_conn(&frame.body));
             lanes[lane].send(frame).await?;
         }
         if let Some(done) = workers.try_join_next() {
@@ -157,6 +157,14 @@ async fn lane(
         }
     }
     Ok(())
+}
+
+/// The lane of a connection. A conn id is `slot << 32 | generation`, and a
+/// fresh slot's generation is 0, so `conn % LANES` put every new connection
+/// in lane 0 (one login or C2S at a time per gate shard; measured: the
+/// embedded login storm went from 1,320 to 7,573/s with both halves mixed).
+fn lane_of(conn: u64) -> usize {
+    ((conn >> 32 ^ conn) % LANES as u64) as usize
 }
 
 /// The `conn` of a link body without decoding it: every per-connection link
@@ -296,6 +304,13 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
 mod tests {
     use super::*;
     use tidegate_proto::prost::Message;
+
+    #[test]
+    fn fresh_connections_spread_over_every_lane() {
+        let lanes: std::collections::HashSet<usize> =
+            (0..LANES as u64).map(|slot| lane_of(slot << 32)).collect();
+        assert_eq!(lanes.len(), LANES);
+    }
 
     #[test]
     fn peek_conn_reads_field_one() {
