@@ -11,11 +11,11 @@
 
 use crate::fleet::{self, StormPlan};
 use crate::pace::{Pacer, Schedule};
-use crate::report::{self, SharedRecorder};
+
+use crate::report::{self, Server, SharedRecorder};
 use crate::{Percentiles, Recorder};
 use base64::Engine;
 use serde::Serialize;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,21 +26,9 @@ use tokio::task::JoinSet;
 /// Arguments of `tidegate bench broadcast`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BroadcastArgs {
-    /// Gateway client address (loopback only).
-    #[arg(long, default_value = "127.0.0.1:7000")]
-    pub target: SocketAddr,
-    /// Logic HTTP address (loopback only).
-    #[arg(long, default_value = "127.0.0.1:7180")]
-    pub http: SocketAddr,
-    /// The app's API key (default: `tidegate up`'s development key).
-    #[arg(long, default_value = "tidegate-dev-api-key-app-1")]
-    pub api_key: String,
-    /// The app's token secret (default: `tidegate up`'s development secret).
-    #[arg(long, default_value = "tidegate-dev-secret-app-1")]
-    pub secret: String,
-    /// App code.
-    #[arg(long, default_value_t = 1)]
-    pub app: u16,
+    /// Where the gateway and logic listen, and the app's credentials.
+    #[command(flatten)]
+    pub server: Server,
     /// Clients to log in.
     #[arg(long, default_value_t = 1000)]
     pub connections: usize,
@@ -106,8 +94,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 
 /// Runs the scenario.
 pub async fn run(args: BroadcastArgs) -> anyhow::Result<BroadcastReport> {
-    report::ensure_loopback(args.target, "--target")?;
-    report::ensure_loopback(args.http, "--http")?;
+    args.server.ensure_loopback()?;
     report::ensure_range("--connections", args.connections, 1, 100_000)?;
     report::ensure_range("--messages", args.messages, 1, 10_000)?;
     report::ensure_range("--interval-ms", args.interval_ms, 0, 60_000)?;
@@ -119,10 +106,10 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<BroadcastReport> {
     );
     fleet::check_fd_budget(args.connections + args.messages.min(1024))?;
     let plan = StormPlan {
-        target: args.target,
+        target: args.server.target,
         connections: args.connections,
-        app: AppCode(args.app),
-        secret: args.secret.clone(),
+        app: AppCode(args.server.app),
+        secret: args.server.secret.clone(),
         concurrency: LOGIN_CONCURRENCY,
         rate: None,
         timeout: LOGIN_TIMEOUT,
@@ -184,8 +171,8 @@ async fn fan_out(args: &BroadcastArgs, plan: &StormPlan) -> anyhow::Result<Broad
         .timeout(HTTP_TIMEOUT)
         .tcp_nodelay(true)
         .build()?;
-    let url: Arc<str> = format!("http://{}/v1/push", args.http).into();
-    let key: Arc<str> = args.api_key.as_str().into();
+    let url: Arc<str> = format!("http://{}/v1/push", args.server.http).into();
+    let key: Arc<str> = args.server.api_key.as_str().into();
     let answers = Arc::new(Mutex::new(vec![Answer::default(); args.messages]));
     let http_latency = Arc::new(SharedRecorder::new());
     let start = Instant::now() + Duration::from_millis(10);
@@ -204,7 +191,7 @@ async fn fan_out(args: &BroadcastArgs, plan: &StormPlan) -> anyhow::Result<Broad
             message: k,
             due_ns: due.as_nanos() as u64,
         }
-        .body(args.app);
+        .body(args.server.app);
         let (http, url, key) = (http.clone(), url.clone(), key.clone());
         let (answers, http_latency) = (answers.clone(), http_latency.clone());
         sends.spawn(async move {

@@ -9,11 +9,11 @@ mod pool;
 mod rate;
 
 use crate::fleet::{self, StormPlan};
-use crate::report::{self, SharedRecorder};
+
+use crate::report::{self, Server, SharedRecorder};
 use crate::Percentiles;
 use base64::Engine;
 use serde::Serialize;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,21 +25,9 @@ use tokio::task::JoinSet;
 /// Arguments of `tidegate bench push`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PushArgs {
-    /// Gateway client address (loopback only).
-    #[arg(long, default_value = "127.0.0.1:7000")]
-    pub target: SocketAddr,
-    /// Logic HTTP address (loopback only).
-    #[arg(long, default_value = "127.0.0.1:7180")]
-    pub http: SocketAddr,
-    /// The app's API key (default: `tidegate up`'s development key).
-    #[arg(long, default_value = "tidegate-dev-api-key-app-1")]
-    pub api_key: String,
-    /// The app's token secret (default: `tidegate up`'s development secret).
-    #[arg(long, default_value = "tidegate-dev-secret-app-1")]
-    pub secret: String,
-    /// App code.
-    #[arg(long, default_value_t = 1)]
-    pub app: u16,
+    /// Where the gateway and logic listen, and the app's credentials.
+    #[command(flatten)]
+    pub server: Server,
     /// Clients to log in.
     #[arg(long, default_value_t = 2000)]
     pub connections: usize,
@@ -106,14 +94,13 @@ const DRAIN: Duration = Duration::from_secs(60);
 
 /// Runs the scenario.
 pub async fn run(args: PushArgs) -> anyhow::Result<PushReport> {
-    report::ensure_loopback(args.http, "--http")?;
-    report::ensure_loopback(args.target, "--target")?;
+    args.server.ensure_loopback()?;
     report::ensure_range("--connections", args.connections, 1, 100_000)?;
     let plan = StormPlan {
-        target: args.target,
+        target: args.server.target,
         connections: args.connections,
-        app: AppCode(args.app),
-        secret: args.secret.clone(),
+        app: AppCode(args.server.app),
+        secret: args.server.secret.clone(),
         concurrency: LOGIN_CONCURRENCY,
         rate: None,
         timeout: LOGIN_TIMEOUT,
@@ -181,7 +168,7 @@ async fn batches(args: &PushArgs, plan: &StormPlan, batch: usize) -> anyhow::Res
     }
 
     let http = reqwest::Client::builder().timeout(HTTP_TIMEOUT).build()?;
-    let url = format!("http://{}/v1/push", args.http);
+    let url = format!("http://{}/v1/push", args.server.http);
     let gate = Arc::new(Semaphore::new(args.concurrency));
     let http_latency = Arc::new(SharedRecorder::new());
     let started = Instant::now();
@@ -194,9 +181,9 @@ async fn batches(args: &PushArgs, plan: &StormPlan, batch: usize) -> anyhow::Res
         let (http, url, key, rec, app) = (
             http.clone(),
             url.clone(),
-            args.api_key.clone(),
+            args.server.api_key.clone(),
             http_latency.clone(),
-            args.app,
+            args.server.app,
         );
         senders.spawn(async move {
             let sent_ns = epoch.elapsed().as_nanos() as u64;

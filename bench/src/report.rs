@@ -104,6 +104,35 @@ impl SharedRecorder {
     }
 }
 
+/// The server a scenario that pushes drives: gateway and logic addresses
+/// and the app's credentials (the same flags in every such scenario).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Server {
+    /// Gateway client address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub target: SocketAddr,
+    /// Logic HTTP address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:7180")]
+    pub http: SocketAddr,
+    /// The app's API key (default: `tidegate up`'s development key).
+    #[arg(long, default_value = "tidegate-dev-api-key-app-1")]
+    pub api_key: String,
+    /// The app's token secret (default: `tidegate up`'s development secret).
+    #[arg(long, default_value = "tidegate-dev-secret-app-1")]
+    pub secret: String,
+    /// App code.
+    #[arg(long, default_value_t = 1)]
+    pub app: u16,
+}
+
+impl Server {
+    /// Refuses non-loopback addresses: bench never loads another host.
+    pub fn ensure_loopback(&self) -> anyhow::Result<()> {
+        ensure_loopback(self.target, "--target")?;
+        ensure_loopback(self.http, "--http")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -203,7 +203,11 @@ pub(super) async fn run(
         });
     }
 
-    let pool = Arc::new(Pool::new(args.http, &args.api_key, HTTP_TIMEOUT)?);
+    let pool = Arc::new(Pool::new(
+        args.server.http,
+        &args.server.api_key,
+        HTTP_TIMEOUT,
+    )?);
     let warm = load.warm_connections();
     pool.warm(warm).await?;
     let in_flight = Arc::new(Semaphore::new(load.max_in_flight));
@@ -221,7 +225,7 @@ pub(super) async fn run(
     let pacer = {
         let (shots, in_flight, not_sent) = (shots.clone(), in_flight.clone(), not_sent.clone());
         let (app, batch, connections, requests) =
-            (args.app, load.batch, args.connections, load.requests);
+            (args.server.app, load.batch, args.connections, load.requests);
         let runtime = tokio::runtime::Handle::current();
         pace::run_each(schedule, move |slot| {
             let permit = match in_flight.clone().try_acquire_owned() {
