@@ -64,6 +64,9 @@ enum BenchCmd {
     Broadcast(tidegate_bench::broadcast::BroadcastArgs),
     /// Ack-requested C2S from N clients: ingest rate, ack latency, errors by code.
     C2s(tidegate_bench::c2s::C2sArgs),
+    /// Internal: one worker process of a scenario's `--procs` fleet.
+    #[command(hide = true)]
+    FleetWorker(tidegate_bench::spread::WorkerArgs),
 }
 
 #[derive(Args)]
@@ -424,6 +427,8 @@ fn bench(scenario: BenchCmd) -> anyhow::Result<()> {
     use tidegate_bench as b;
     let rt = runtime()?;
     let report = match scenario {
+        // A worker speaks JSON lines to its parent as it goes.
+        BenchCmd::FleetWorker(a) => return rt.block_on(b::spread::worker(a)),
         BenchCmd::Idle(a) => serde_json::to_value(rt.block_on(b::idle::run(a))?),
         BenchCmd::Push(a) => serde_json::to_value(rt.block_on(b::push::run(a))?),
         BenchCmd::Peers(a) => serde_json::to_value(rt.block_on(b::peers::run(a))?),

@@ -7,6 +7,7 @@ pub mod broadcast;
 pub mod c2s;
 pub mod connect;
 pub mod fleet;
+pub mod hold;
 pub mod idle;
 pub mod mqtt;
 pub mod pace;
@@ -16,6 +17,7 @@ pub mod procs;
 pub mod push;
 pub mod report;
 pub mod sources;
+pub mod spread;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
