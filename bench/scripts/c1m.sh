@@ -80,7 +80,7 @@ idle)
     ;;
 broadcast)
     "$BIN" bench broadcast --target "127.0.0.1:$CLIENT_PORT" --http "127.0.0.1:$HTTP_PORT" \
-        --connections "$N" --messages "${MESSAGES:-5}" --interval-ms "${INTERVAL_MS:-5000}" \
+        --connections "$N" --messages "${MESSAGES:-5}" --interval-ms "${INTERVAL_MS:-5000}" --drain-s "${DRAIN_S:-10}" \
         --concurrency "${CONCURRENCY:-4000}" ${RATE:+--login-rate "$RATE"} --json "$OUT" >/dev/null
     ;;
 *) echo "SCENARIO is idle or broadcast" >&2; exit 2 ;;

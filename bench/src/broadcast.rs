@@ -52,6 +52,9 @@ pub struct BroadcastArgs {
     /// go as fast as --concurrency allows.
     #[arg(long)]
     pub login_rate: Option<f64>,
+    /// Seconds to wait for stragglers after the last HTTP answer (≤ 600).
+    #[arg(long, default_value_t = 10)]
+    pub drain_s: u64,
     /// Write the report as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -109,8 +112,6 @@ pub struct BroadcastReport {
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A broadcast request slower than this counts as `timeout`.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long receivers wait for stragglers after the last answer.
-const DRAIN: Duration = Duration::from_secs(10);
 
 /// Runs the scenario.
 pub async fn run(args: BroadcastArgs) -> anyhow::Result<BroadcastReport> {
@@ -119,6 +120,8 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<BroadcastReport> {
     report::ensure_range("--concurrency", args.concurrency, 1, 100_000)?;
     report::ensure_range("--messages", args.messages, 1, 10_000)?;
     report::ensure_range("--interval-ms", args.interval_ms, 0, 60_000)?;
+    report::ensure_range("--drain-s", args.drain_s, 0, 600)?;
+    let drain = Duration::from_secs(args.drain_s);
     let schedule = Duration::from_millis(args.interval_ms) * args.messages as u32;
     anyhow::ensure!(
         schedule <= Duration::from_secs(600),
@@ -137,7 +140,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<BroadcastReport> {
         rate: args.login_rate,
         timeout: LOGIN_TIMEOUT,
     };
-    let limit = plan.worst_case() + schedule + HTTP_TIMEOUT + DRAIN + Duration::from_secs(10);
+    let limit = plan.worst_case() + schedule + HTTP_TIMEOUT + drain + Duration::from_secs(10);
     let r = report::within(limit, fan_out(&args, &plan, procs, limit)).await?;
     report::write_json(args.json.as_deref(), &r)?;
     Ok(r)
@@ -261,7 +264,10 @@ async fn fan_out(
     }
     let expected = n * args.messages as u64;
     receivers
-        .wait(expected, tokio::time::Instant::now() + DRAIN)
+        .wait(
+            expected,
+            tokio::time::Instant::now() + Duration::from_secs(args.drain_s),
+        )
         .await;
     let tally = receivers.finish().await?;
 

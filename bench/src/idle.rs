@@ -179,12 +179,7 @@ async fn login_and_hold(
         let (summary, members) = fleet::storm(plan).await?.into_parts();
         Ok((
             summary,
-            Held::Here(Holders::start(
-            members,
-            plan.app,
-            hold.keepalive,
-            None,
-        )),
+            Held::Here(Holders::start(members, plan.app, hold.keepalive, None)),
         ))
     } else {
         let (summary, workers) = spread::storm(plan, procs, hold, None).await?;

@@ -172,7 +172,18 @@ mod tests {
         assert!(children(me).contains(&child.id()));
         // Our own RSS moves with the other tests' threads, so compare with
         // the child's: a leaf's tree is itself, and ours includes it.
-        let leaf = rss_bytes(child.id()).unwrap();
+        // A just-spawned child is still mapping its pages: wait for its
+        // RSS to settle before comparing two reads of it.
+        let mut leaf = rss_bytes(child.id()).unwrap();
+        for _ in 0..100 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            let now = rss_bytes(child.id()).unwrap();
+            if now == leaf {
+                break;
+            }
+            leaf = now;
+        }
+        assert!(children(child.id()).is_empty());
         assert_eq!(tree_rss_bytes(child.id()).unwrap(), leaf);
         assert!(tree_rss_bytes(me).unwrap() >= leaf);
         let _ = child.kill();

@@ -97,8 +97,16 @@ impl Receipts {
     /// A snapshot that crosses processes and merges.
     pub fn tally(&self) -> Tally {
         Tally {
-            counts: self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
-            last_ns: self.last_ns.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
+            counts: self
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            last_ns: self
+                .last_ns
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
             latency: self.latency.merged().to_base64(),
         }
     }
