@@ -127,8 +127,12 @@ async fn hold(args: IdleArgs, plan: StormPlan) -> anyhow::Result<IdleReport> {
     let sock_idle = procfs::sockstat()?;
     let slab_idle = procfs::tcp_slab_bytes();
     let mut samples = Vec::new();
-    let hold_end = Instant::now() + Duration::from_secs(args.hold_s);
+    let hold_start = Instant::now();
+    let hold_end = hold_start + Duration::from_secs(args.hold_s);
+    let bar = report::progress(args.hold_s, "hold (s)");
+    bar.set_message(format!("{logged_in} connections idle"));
     while Instant::now() < hold_end {
+        bar.set_position(hold_start.elapsed().as_secs());
         samples.push(Sample {
             t_s: started.elapsed().as_secs_f64(),
             gateway_rss: rss(args.gateway_pid),
@@ -136,6 +140,7 @@ async fn hold(args: IdleArgs, plan: StormPlan) -> anyhow::Result<IdleReport> {
         });
         tokio::time::sleep(Duration::from_secs(1).min(hold_end - Instant::now())).await;
     }
+    bar.finish_and_clear();
     holders.abort_all();
 
     let n = logged_in.max(1) as f64;
