@@ -1,0 +1,587 @@
+//! Hand-written inline SVG charts for the HTML report: a line chart (values
+//! over time, figures against N) and a grouped bar chart (percentiles).
+//! No script, no external reference: the page must open offline. Inline SVG
+//! in HTML5 needs no `xmlns`, so none is written. Every label is escaped;
+//! values that cannot be drawn (NaN, infinite, ≤ 0 on a log axis) are left
+//! out, never a panic.
+
+use super::escape;
+
+/// Width and height of every chart, in CSS pixels.
+const WIDTH: f64 = 680.0;
+const HEIGHT: f64 = 300.0;
+/// Plot area inside the chart: room for the title, legend and axis labels.
+const LEFT: f64 = 78.0;
+const RIGHT: f64 = 16.0;
+const TOP: f64 = 48.0;
+const BOTTOM: f64 = 44.0;
+/// Points per series beyond which a line chart keeps every k-th point:
+/// a hostile or huge input must not make a page of megabytes.
+const MAX_POINTS: usize = 2000;
+/// Series colours (colour-blind safe, Okabe–Ito).
+const PALETTE: [&str; 7] = [
+    "#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#000000",
+];
+
+/// How axis ticks and tooltips print a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Microseconds, printed as µs / ms / s.
+    Micros,
+    /// Bytes, printed as B / KiB / MiB / GiB.
+    Bytes,
+    /// Seconds.
+    Seconds,
+    /// A plain number.
+    Plain,
+}
+
+impl Unit {
+    /// `v` for a tick label or tooltip: short, with its unit.
+    pub fn label(self, v: f64) -> String {
+        if !v.is_finite() {
+            return "—".into();
+        }
+        match self {
+            Unit::Micros => {
+                let a = v.abs();
+                if a >= 1e6 {
+                    format!("{} s", short(v / 1e6))
+                } else if a >= 1e3 {
+                    format!("{} ms", short(v / 1e3))
+                } else {
+                    format!("{} µs", short(v))
+                }
+            }
+            Unit::Bytes => {
+                let a = v.abs();
+                if a >= 1024.0 * 1024.0 * 1024.0 {
+                    format!("{} GiB", short(v / (1024.0 * 1024.0 * 1024.0)))
+                } else if a >= 1024.0 * 1024.0 {
+                    format!("{} MiB", short(v / (1024.0 * 1024.0)))
+                } else if a >= 1024.0 {
+                    format!("{} KiB", short(v / 1024.0))
+                } else {
+                    format!("{} B", short(v))
+                }
+            }
+            Unit::Seconds => format!("{} s", short(v)),
+            Unit::Plain => {
+                let a = v.abs();
+                if a >= 1e6 {
+                    format!("{}M", short(v / 1e6))
+                } else if a >= 1e4 {
+                    format!("{}k", short(v / 1e3))
+                } else {
+                    short(v)
+                }
+            }
+        }
+    }
+}
+
+/// At most three significant digits, no trailing zeros.
+fn short(v: f64) -> String {
+    let a = v.abs();
+    let s = if a >= 100.0 || a == 0.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    };
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// A named line of (x, y) points.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Legend entry.
+    pub name: String,
+    /// Points in drawing order.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A line chart: one or more series against a shared x axis.
+#[derive(Debug, Clone)]
+pub struct LineChart {
+    /// Title above the plot.
+    pub title: String,
+    /// X axis label and unit.
+    pub x_label: String,
+    /// Unit of the x values.
+    pub x_unit: Unit,
+    /// Y axis label.
+    pub y_label: String,
+    /// Unit of the y values.
+    pub y_unit: Unit,
+    /// Log-scale y axis.
+    pub log_y: bool,
+    /// The lines.
+    pub series: Vec<Series>,
+}
+
+/// One category of a bar chart: a value per series (None: no bar).
+#[derive(Debug, Clone)]
+pub struct BarGroup {
+    /// Category label under the group (`p99`).
+    pub label: String,
+    /// One value per series, in the chart's series order.
+    pub values: Vec<Option<f64>>,
+}
+
+/// A grouped bar chart: categories along x, a bar per series in each.
+#[derive(Debug, Clone)]
+pub struct BarChart {
+    /// Title above the plot.
+    pub title: String,
+    /// Y axis label.
+    pub y_label: String,
+    /// Unit of the values.
+    pub y_unit: Unit,
+    /// Log-scale y axis.
+    pub log_y: bool,
+    /// Legend entries, one per value of each group.
+    pub series: Vec<String>,
+    /// The categories.
+    pub groups: Vec<BarGroup>,
+}
+
+/// Maps values of one axis onto pixels.
+#[derive(Debug, Clone, Copy)]
+struct Scale {
+    lo: f64,
+    hi: f64,
+    log: bool,
+    /// Pixel of `lo` and of `hi`.
+    from: f64,
+    to: f64,
+}
+
+impl Scale {
+    /// A scale covering every drawable value of `values` (a log scale
+    /// ignores values ≤ 0); None when nothing is drawable.
+    fn fit(values: impl Iterator<Item = f64>, log: bool, from: f64, to: f64) -> Option<Scale> {
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for v in values.filter(|v| v.is_finite() && (!log || *v > 0.0)) {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        if lo > hi {
+            return None;
+        }
+        let (lo, hi) = if log {
+            let lo = 10f64.powf(lo.log10().floor());
+            let hi = 10f64.powf(hi.log10().ceil());
+            (lo, if hi <= lo { lo * 10.0 } else { hi })
+        } else {
+            // Bars and most figures read best from zero.
+            let lo = lo.min(0.0);
+            let hi = hi.max(0.0);
+            if hi - lo <= f64::EPSILON * hi.abs().max(1.0) {
+                (lo, lo + 1.0)
+            } else {
+                let step = nice_step((hi - lo) / 5.0);
+                ((lo / step).floor() * step, (hi / step).ceil() * step)
+            }
+        };
+        (lo.is_finite() && hi.is_finite() && hi > lo).then_some(Scale {
+            lo,
+            hi,
+            log,
+            from,
+            to,
+        })
+    }
+
+    /// The pixel of `v`, None if it cannot be drawn on this scale.
+    fn map(&self, v: f64) -> Option<f64> {
+        if !v.is_finite() || (self.log && v <= 0.0) {
+            return None;
+        }
+        let f = if self.log {
+            (v.log10() - self.lo.log10()) / (self.hi.log10() - self.lo.log10())
+        } else {
+            (v - self.lo) / (self.hi - self.lo)
+        };
+        let px = self.from + f.clamp(-0.05, 1.05) * (self.to - self.from);
+        px.is_finite().then_some(px)
+    }
+
+    /// Tick values: powers of ten (log) or about five round steps.
+    fn ticks(&self) -> Vec<f64> {
+        if self.log {
+            let (a, b) = (
+                self.lo.log10().round() as i32,
+                self.hi.log10().round() as i32,
+            );
+            // A span of more than ~12 decades labels every other decade.
+            let every = if b - a > 12 { 2 } else { 1 };
+            (a..=b).step_by(every).map(|e| 10f64.powi(e)).collect()
+        } else {
+            let step = nice_step((self.hi - self.lo) / 5.0);
+            let mut v = self.lo;
+            let mut out = Vec::new();
+            while v <= self.hi + step * 1e-9 && out.len() < 20 {
+                out.push(v);
+                v += step;
+            }
+            out
+        }
+    }
+}
+
+/// 1, 2 or 5 × 10^k closest above `raw`.
+fn nice_step(raw: f64) -> f64 {
+    if !raw.is_finite() || raw <= 0.0 {
+        return 1.0;
+    }
+    let mag = 10f64.powf(raw.log10().floor());
+    let f = raw / mag;
+    let nice = if f <= 1.0 {
+        1.0
+    } else if f <= 2.0 {
+        2.0
+    } else if f <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    nice * mag
+}
+
+/// The chart as an inline `<svg>` element.
+pub fn line_chart(c: &LineChart) -> String {
+    let series: Vec<Series> = c
+        .series
+        .iter()
+        .map(|s| Series {
+            name: s.name.clone(),
+            points: thin(&s.points),
+        })
+        .collect();
+    let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let x = Scale::fit(xs, false, LEFT, WIDTH - RIGHT);
+    let y = Scale::fit(ys, c.log_y, HEIGHT - BOTTOM, TOP);
+    let mut out = open(&c.title);
+    let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+    legend(&mut out, &names);
+    let (Some(x), Some(y)) = (x, y) else {
+        return close(out, "no drawable values");
+    };
+    y_axis(&mut out, &y, c.y_unit, &c.y_label);
+    x_axis(&mut out, &x, c.x_unit, &c.x_label);
+    for (i, s) in series.iter().enumerate() {
+        let colour = PALETTE[i % PALETTE.len()];
+        let pts: Vec<(f64, f64, f64, f64)> = s
+            .points
+            .iter()
+            .filter_map(|&(vx, vy)| Some((x.map(vx)?, y.map(vy)?, vx, vy)))
+            .collect();
+        if pts.len() > 1 {
+            let path: Vec<String> = pts
+                .iter()
+                .map(|(px, py, ..)| format!("{px:.1},{py:.1}"))
+                .collect();
+            out.push_str(&format!(
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+                path.join(" ")
+            ));
+        }
+        // Markers carry the exact value as a tooltip (few points) or mark a
+        // lone point that no line joins.
+        if pts.len() <= 60 {
+            for (px, py, vx, vy) in &pts {
+                out.push_str(&format!(
+                    r#"<circle cx="{px:.1}" cy="{py:.1}" r="3" fill="{colour}"><title>{}: {}, {}</title></circle>"#,
+                    escape(&s.name),
+                    escape(&c.x_unit.label(*vx)),
+                    escape(&c.y_unit.label(*vy)),
+                ));
+            }
+        }
+    }
+    close(out, "")
+}
+
+/// The chart as an inline `<svg>` element.
+pub fn bar_chart(c: &BarChart) -> String {
+    let values = c
+        .groups
+        .iter()
+        .flat_map(|g| g.values.iter().flatten().copied());
+    let y = Scale::fit(values, c.log_y, HEIGHT - BOTTOM, TOP);
+    let mut out = open(&c.title);
+    let names: Vec<&str> = c.series.iter().map(String::as_str).collect();
+    legend(&mut out, &names);
+    let Some(y) = y.filter(|_| !c.groups.is_empty()) else {
+        return close(out, "no drawable values");
+    };
+    y_axis(&mut out, &y, c.y_unit, &c.y_label);
+    let slot = (WIDTH - LEFT - RIGHT) / c.groups.len() as f64;
+    let per = c.series.len().max(1);
+    let bar = (slot * 0.8 / per as f64).min(40.0);
+    // Bars rise from the bottom of the plot (log) or from zero (linear).
+    let base = if y.log {
+        HEIGHT - BOTTOM
+    } else {
+        y.map(0.0).unwrap_or(HEIGHT - BOTTOM)
+    };
+    for (gi, g) in c.groups.iter().enumerate() {
+        let centre = LEFT + slot * (gi as f64 + 0.5);
+        let x0 = centre - bar * per as f64 / 2.0;
+        for (si, v) in g.values.iter().enumerate().take(per) {
+            let Some((v, top)) = v.and_then(|v| Some((v, y.map(v)?))) else {
+                continue;
+            };
+            let (ty, h) = if top <= base {
+                (top, base - top)
+            } else {
+                (base, top - base)
+            };
+            let series = c.series.get(si).map_or("", String::as_str);
+            out.push_str(&format!(
+                r#"<rect x="{:.1}" y="{ty:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{} {}: {}</title></rect>"#,
+                x0 + bar * si as f64,
+                (bar - 1.0).max(1.0),
+                h.max(0.5),
+                PALETTE[si % PALETTE.len()],
+                escape(series),
+                escape(&g.label),
+                escape(&c.y_unit.label(v)),
+            ));
+        }
+        out.push_str(&format!(
+            r#"<text x="{centre:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            HEIGHT - BOTTOM + 16.0,
+            escape(&g.label)
+        ));
+    }
+    close(out, "")
+}
+
+/// Every k-th point of a long series, the last one kept.
+fn thin(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    if points.len() <= MAX_POINTS {
+        return points.to_vec();
+    }
+    let k = points.len().div_ceil(MAX_POINTS);
+    let mut out: Vec<_> = points.iter().step_by(k).copied().collect();
+    if let Some(last) = points.last() {
+        out.push(*last);
+    }
+    out
+}
+
+fn open(title: &str) -> String {
+    format!(
+        r##"<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{t}"><rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#fff"/><text class="title" x="{LEFT}" y="18">{t}</text>"##,
+        t = escape(title)
+    )
+}
+
+/// Ends the chart, with `note` across the plot when nothing was drawn.
+fn close(mut out: String, note: &str) -> String {
+    if !note.is_empty() {
+        out.push_str(&format!(
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            WIDTH / 2.0,
+            HEIGHT / 2.0,
+            escape(note)
+        ));
+    }
+    out.push_str("</svg>");
+    out
+}
+
+fn legend(out: &mut String, names: &[&str]) {
+    let mut x = LEFT;
+    for (i, name) in names.iter().enumerate() {
+        out.push_str(&format!(
+            r#"<rect x="{x:.1}" y="28" width="10" height="10" fill="{}"/><text x="{:.1}" y="37">{}</text>"#,
+            PALETTE[i % PALETTE.len()],
+            x + 14.0,
+            escape(name)
+        ));
+        // Roughly 6.5 px per character at the page's 11 px chart font.
+        x += 28.0 + 6.5 * name.chars().count().min(40) as f64;
+    }
+}
+
+fn y_axis(out: &mut String, y: &Scale, unit: Unit, label: &str) {
+    out.push_str(&format!(
+        r##"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{b}" stroke="#444"/><text x="12" y="{m:.1}" text-anchor="middle" transform="rotate(-90 12 {m:.1})">{}</text>"##,
+        escape(label),
+        b = HEIGHT - BOTTOM,
+        m = (TOP + HEIGHT - BOTTOM) / 2.0,
+    ));
+    for t in y.ticks() {
+        if let Some(py) = y.map(t) {
+            out.push_str(&format!(
+                r##"<line x1="{LEFT}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                WIDTH - RIGHT,
+                LEFT - 4.0,
+                py + 4.0,
+                escape(&unit.label(t))
+            ));
+        }
+    }
+}
+
+fn x_axis(out: &mut String, x: &Scale, unit: Unit, label: &str) {
+    let b = HEIGHT - BOTTOM;
+    out.push_str(&format!(
+        r##"<line x1="{LEFT}" y1="{b}" x2="{:.1}" y2="{b}" stroke="#444"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+        WIDTH - RIGHT,
+        (LEFT + WIDTH - RIGHT) / 2.0,
+        HEIGHT - 6.0,
+        escape(label)
+    ));
+    for t in x.ticks() {
+        if let Some(px) = x.map(t) {
+            out.push_str(&format!(
+                r##"<line x1="{px:.1}" y1="{b}" x2="{px:.1}" y2="{:.1}" stroke="#444"/><text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                b + 4.0,
+                b + 16.0,
+                escape(&unit.label(t))
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(points: Vec<(f64, f64)>, log_y: bool) -> String {
+        line_chart(&LineChart {
+            title: "t".into(),
+            x_label: "x".into(),
+            x_unit: Unit::Seconds,
+            y_label: "y".into(),
+            y_unit: Unit::Bytes,
+            log_y,
+            series: vec![Series {
+                name: "s".into(),
+                points,
+            }],
+        })
+    }
+
+    #[test]
+    fn a_line_chart_draws_its_points() {
+        let svg = line(vec![(0.0, 1.0), (1.0, 2048.0), (2.0, 4096.0)], false);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"), "{svg}");
+        assert!(svg.contains("<polyline"), "{svg}");
+        assert!(svg.contains("4 KiB"), "{svg}");
+    }
+
+    #[test]
+    fn odd_values_are_skipped_not_drawn_or_panicked_on() {
+        let odd = vec![
+            (f64::NAN, 1.0),
+            (1.0, f64::INFINITY),
+            (2.0, -5.0),
+            (3.0, 0.0),
+            (f64::MAX, f64::MAX),
+            (-f64::MAX, f64::MIN_POSITIVE),
+        ];
+        for log in [false, true] {
+            let svg = line(odd.clone(), log);
+            assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
+        }
+        assert!(line(vec![], true).contains("no drawable values"));
+        assert!(line(vec![(1.0, -1.0)], true).contains("no drawable values"));
+        let bars = bar_chart(&BarChart {
+            title: "b".into(),
+            y_label: "µs".into(),
+            y_unit: Unit::Micros,
+            log_y: true,
+            series: vec!["a".into()],
+            groups: vec![
+                BarGroup {
+                    label: "p50".into(),
+                    values: vec![Some(f64::NAN), Some(3.0), Some(4.0)],
+                },
+                BarGroup {
+                    label: "p99".into(),
+                    values: vec![Some(-1.0)],
+                },
+                BarGroup {
+                    label: "max".into(),
+                    values: vec![],
+                },
+            ],
+        });
+        assert!(!bars.contains("NaN"), "{bars}");
+        assert_eq!(
+            bars.matches("<rect").count(),
+            2,
+            "background and legend only: {bars}"
+        );
+    }
+
+    #[test]
+    fn log_bars_span_whole_decades() {
+        let svg = bar_chart(&BarChart {
+            title: "latency".into(),
+            y_label: "µs".into(),
+            y_unit: Unit::Micros,
+            log_y: true,
+            series: vec!["a".into(), "b".into()],
+            groups: vec![BarGroup {
+                label: "p99".into(),
+                values: vec![Some(350.0), Some(1_200_000.0)],
+            }],
+        });
+        for tick in ["100 µs", "1 ms", "10 s"] {
+            assert!(svg.contains(tick), "{tick}: {svg}");
+        }
+        assert!(svg.contains("<title>b p99: 1.2 s</title>"), "{svg}");
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        let hostile = line_chart(&LineChart {
+            title: "<script>alert(1)</script>".into(),
+            x_label: "\"x\"".into(),
+            x_unit: Unit::Plain,
+            y_label: "y & z".into(),
+            y_unit: Unit::Plain,
+            log_y: false,
+            series: vec![Series {
+                name: "</svg><img src=x>".into(),
+                points: vec![(0.0, 1.0)],
+            }],
+        });
+        assert!(
+            !hostile.contains("<script") && !hostile.contains("<img"),
+            "{hostile}"
+        );
+        assert!(hostile.contains("&lt;script&gt;") && hostile.contains("y &amp; z"));
+        assert_eq!(hostile.matches("</svg>").count(), 1);
+    }
+
+    #[test]
+    fn long_series_are_thinned() {
+        let pts: Vec<(f64, f64)> = (0..100_000).map(|i| (i as f64, 1.0 + i as f64)).collect();
+        let svg = line(pts, true);
+        assert!(svg.len() < 100_000, "{} bytes", svg.len());
+    }
+
+    #[test]
+    fn units_print_short() {
+        assert_eq!(Unit::Micros.label(1_500.0), "1.5 ms");
+        assert_eq!(Unit::Micros.label(250.0), "250 µs");
+        assert_eq!(Unit::Bytes.label(1443.0), "1.41 KiB");
+        assert_eq!(Unit::Plain.label(246_254.0), "246k");
+        assert_eq!(Unit::Plain.label(f64::NAN), "—");
+    }
+}
