@@ -236,19 +236,32 @@ pub fn peers_section(page: &mut Page, v: &Value) {
         .collect();
     page.table(&["figure", "Tidegate", &peer], &rows);
 
+    // One chart per measurement, Tidegate's bars beside the peer's.
     let mut rows = Vec::new();
+    let mut charts = Vec::new();
     for (what, path) in [
         ("delivery", ["fanout", "latency"]),
         ("send → accepted", ["fanout", "send_latency"]),
         ("connect", ["idle", "open_latency"]),
     ] {
-        for (side, name) in [("tidegate", "Tidegate"), ("peer", peer.as_str())] {
-            if let Some(p) = super::get(v, &[side, path[0], path[1]]).and_then(Pct::of) {
-                rows.push((format!("{name} {what}"), p));
-            }
+        let pair: Vec<(String, Pct)> = [("tidegate", "Tidegate"), ("peer", peer.as_str())]
+            .into_iter()
+            .filter_map(|(side, name)| {
+                let p = super::get(v, &[side, path[0], path[1]]).and_then(Pct::of)?;
+                Some((format!("{name} {what}"), p))
+            })
+            .collect();
+        if !pair.is_empty() {
+            charts.push(kinds::latency_chart(&format!("Latency: {what}"), &pair));
+            rows.extend(pair);
         }
     }
-    kinds::latencies(page, "Latency", &rows);
+    if !rows.is_empty() {
+        kinds::latency_table(page, "Latency", &rows);
+        for chart in charts {
+            page.raw(&chart);
+        }
+    }
 }
 
 /// Bytes per connection against N, from idle files (gateway RSS) and peers
@@ -270,13 +283,15 @@ fn memory_vs_n(page: &mut Page, inputs: &[Input], kinds: &[Kind]) {
                 }
             }
             Kind::Peers => {
-                let n = num(v, &["tidegate", "idle", "held"])
-                    .or_else(|| num(v, &["plan", "connections"]));
+                let n = num(v, &["plan", "connections"]);
                 for (side, name) in [("tidegate", "Tidegate".to_string()), ("peer", peer_name(v))] {
                     let n = num(v, &[side, "idle", "held"]).or(n);
+                    // Named by the server line, which tells `tidegate up` from a
+                    // gateway process measured alone.
+                    let server = text(v, &[side, "server"]).unwrap_or(name);
                     if let (Some(n), Some(b)) = (n, num(v, &[side, "idle", "bytes_per_conn"])) {
                         series
-                            .entry(format!("{name} (bench peers)"))
+                            .entry(format!("{server} (bench peers)"))
                             .or_default()
                             .push((n, b, i));
                     }

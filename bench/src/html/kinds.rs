@@ -278,6 +278,12 @@ pub(super) fn latencies(page: &mut Page, title: &str, rows: &[(String, Pct)]) {
     if rows.is_empty() {
         return;
     }
+    latency_table(page, title, rows);
+    page.raw(&latency_chart(&format!("{title} percentiles"), rows));
+}
+
+/// The percentile table of `rows`, µs.
+pub(super) fn latency_table(page: &mut Page, title: &str, rows: &[(String, Pct)]) {
     page.tag("h3", title);
     let mut head = vec!["measurement", "count"];
     head.extend(PCT_KEYS.iter().map(|(_, l)| *l));
@@ -290,9 +296,13 @@ pub(super) fn latencies(page: &mut Page, title: &str, rows: &[(String, Pct)]) {
         })
         .collect();
     page.table(&head, &table);
-    page.tag("p", "µs. The chart's scale is logarithmic.");
-    let chart = BarChart {
-        title: format!("{title} percentiles"),
+    page.tag("p", "µs. Charts of latency have a logarithmic scale.");
+}
+
+/// A log-scale bar chart: the percentiles along x, a bar per row in each.
+pub(super) fn latency_chart(title: &str, rows: &[(String, Pct)]) -> String {
+    svg::bar_chart(&BarChart {
+        title: title.to_string(),
         y_label: "latency".into(),
         y_unit: Unit::Micros,
         log_y: true,
@@ -305,8 +315,7 @@ pub(super) fn latencies(page: &mut Page, title: &str, rows: &[(String, Pct)]) {
                 values: rows.iter().map(|(_, p)| p.values[i]).collect(),
             })
             .collect(),
-    };
-    page.raw(&svg::bar_chart(&chart));
+    })
 }
 
 fn opt(v: Option<f64>) -> String {

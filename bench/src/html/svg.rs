@@ -5,16 +5,18 @@
 //! values that cannot be drawn (NaN, infinite, ≤ 0 on a log axis) are left
 //! out, never a panic.
 
-use super::escape;
+use super::{escape, fmt_num};
 
-/// Width and height of every chart, in CSS pixels.
+/// Width of every chart, and height of one with a one-row legend, in CSS pixels.
 const WIDTH: f64 = 680.0;
 const HEIGHT: f64 = 300.0;
-/// Plot area inside the chart: room for the title, legend and axis labels.
+/// Room left of, right of and under the plot for tick labels and axis titles.
 const LEFT: f64 = 78.0;
 const RIGHT: f64 = 16.0;
-const TOP: f64 = 48.0;
 const BOTTOM: f64 = 44.0;
+/// Baseline of the first legend row, and the height of each row.
+const LEGEND_Y: f64 = 37.0;
+const LEGEND_ROW: f64 = 16.0;
 /// Points per series beyond which a line chart keeps every k-th point:
 /// a hostile or huge input must not make a page of megabytes.
 const MAX_POINTS: usize = 2000;
@@ -26,9 +28,9 @@ const PALETTE: [&str; 7] = [
 /// How axis ticks and tooltips print a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
-    /// Microseconds, printed as µs / ms / s.
+    /// Microseconds, ticks as µs / ms / s.
     Micros,
-    /// Bytes, printed as B / KiB / MiB / GiB.
+    /// Bytes, ticks as B / KiB / MiB / GiB (on binary steps).
     Bytes,
     /// Seconds.
     Seconds,
@@ -37,46 +39,51 @@ pub enum Unit {
 }
 
 impl Unit {
-    /// `v` for a tick label or tooltip: short, with its unit.
+    /// `v` as a tick label: short, with its unit.
     pub fn label(self, v: f64) -> String {
         if !v.is_finite() {
             return "—".into();
         }
+        let a = v.abs();
         match self {
-            Unit::Micros => {
-                let a = v.abs();
-                if a >= 1e6 {
-                    format!("{} s", short(v / 1e6))
-                } else if a >= 1e3 {
-                    format!("{} ms", short(v / 1e3))
-                } else {
-                    format!("{} µs", short(v))
-                }
-            }
+            Unit::Micros if a >= 1e6 => format!("{} s", short(v / 1e6)),
+            Unit::Micros if a >= 1e3 => format!("{} ms", short(v / 1e3)),
+            Unit::Micros => format!("{} µs", short(v)),
             Unit::Bytes => {
-                let a = v.abs();
-                if a >= 1024.0 * 1024.0 * 1024.0 {
-                    format!("{} GiB", short(v / (1024.0 * 1024.0 * 1024.0)))
-                } else if a >= 1024.0 * 1024.0 {
-                    format!("{} MiB", short(v / (1024.0 * 1024.0)))
-                } else if a >= 1024.0 {
-                    format!("{} KiB", short(v / 1024.0))
-                } else {
-                    format!("{} B", short(v))
-                }
+                let (div, name) = binary(a);
+                format!("{} {name}", short(v / div))
             }
             Unit::Seconds => format!("{} s", short(v)),
-            Unit::Plain => {
-                let a = v.abs();
-                if a >= 1e6 {
-                    format!("{}M", short(v / 1e6))
-                } else if a >= 1e4 {
-                    format!("{}k", short(v / 1e3))
-                } else {
-                    short(v)
-                }
-            }
+            Unit::Plain if a >= 1e6 => format!("{}M", short(v / 1e6)),
+            Unit::Plain if a >= 1e3 => format!("{}k", short(v / 1e3)),
+            Unit::Plain => short(v),
         }
+    }
+
+    /// `v` in full for a tooltip: grouped digits and the unit.
+    pub fn exact(self, v: f64) -> String {
+        let n = fmt_num(v);
+        match self {
+            Unit::Micros => format!("{n} µs"),
+            Unit::Bytes if v.abs() >= 1024.0 => format!("{n} B ({})", self.label(v)),
+            Unit::Bytes => format!("{n} B"),
+            Unit::Seconds => format!("{n} s"),
+            Unit::Plain => n,
+        }
+    }
+}
+
+/// The binary unit `a` bytes read best in, and its name.
+fn binary(a: f64) -> (f64, &'static str) {
+    const K: f64 = 1024.0;
+    if a >= K * K * K {
+        (K * K * K, "GiB")
+    } else if a >= K * K {
+        (K * K, "MiB")
+    } else if a >= K {
+        (K, "KiB")
+    } else {
+        (1.0, "B")
     }
 }
 
@@ -159,6 +166,8 @@ struct Scale {
     lo: f64,
     hi: f64,
     log: bool,
+    /// Distance between linear ticks.
+    step: f64,
     /// Pixel of `lo` and of `hi`.
     from: f64,
     to: f64,
@@ -166,8 +175,15 @@ struct Scale {
 
 impl Scale {
     /// A scale covering every drawable value of `values` (a log scale
-    /// ignores values ≤ 0); None when nothing is drawable.
-    fn fit(values: impl Iterator<Item = f64>, log: bool, from: f64, to: f64) -> Option<Scale> {
+    /// ignores values ≤ 0); None when nothing is drawable. Linear scales
+    /// start at zero and step in round numbers (binary ones for bytes).
+    fn fit(
+        values: impl Iterator<Item = f64>,
+        log: bool,
+        unit: Unit,
+        from: f64,
+        to: f64,
+    ) -> Option<Scale> {
         let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
         for v in values.filter(|v| v.is_finite() && (!log || *v > 0.0)) {
             lo = lo.min(v);
@@ -176,25 +192,30 @@ impl Scale {
         if lo > hi {
             return None;
         }
-        let (lo, hi) = if log {
+        let (lo, hi, step) = if log {
             let lo = 10f64.powf(lo.log10().floor());
             let hi = 10f64.powf(hi.log10().ceil());
-            (lo, if hi <= lo { lo * 10.0 } else { hi })
+            (lo, if hi <= lo { lo * 10.0 } else { hi }, 0.0)
         } else {
-            // Bars and most figures read best from zero.
             let lo = lo.min(0.0);
             let hi = hi.max(0.0);
             if hi - lo <= f64::EPSILON * hi.abs().max(1.0) {
-                (lo, lo + 1.0)
+                (lo, lo + 1.0, 0.2)
             } else {
-                let step = nice_step((hi - lo) / 5.0);
-                ((lo / step).floor() * step, (hi / step).ceil() * step)
+                let div = if unit == Unit::Bytes {
+                    binary(hi.abs().max(lo.abs())).0
+                } else {
+                    1.0
+                };
+                let step = nice_step((hi - lo) / 5.0 / div) * div;
+                ((lo / step).floor() * step, (hi / step).ceil() * step, step)
             }
         };
         (lo.is_finite() && hi.is_finite() && hi > lo).then_some(Scale {
             lo,
             hi,
             log,
+            step,
             from,
             to,
         })
@@ -214,7 +235,8 @@ impl Scale {
         px.is_finite().then_some(px)
     }
 
-    /// Tick values: powers of ten (log) or about five round steps.
+    /// Tick values: powers of ten (with 2× and 5× over at most two
+    /// decades), or about five round steps.
     fn ticks(&self) -> Vec<f64> {
         if self.log {
             let (a, b) = (
@@ -223,9 +245,18 @@ impl Scale {
             );
             // A span of more than ~12 decades labels every other decade.
             let every = if b - a > 12 { 2 } else { 1 };
-            (a..=b).step_by(every).map(|e| 10f64.powi(e)).collect()
+            let mults: &[f64] = if b - a <= 2 { &[1.0, 2.0, 5.0] } else { &[1.0] };
+            (a..=b)
+                .step_by(every)
+                .flat_map(|e| mults.iter().map(move |m| m * 10f64.powi(e)))
+                .filter(|t| *t <= self.hi * (1.0 + 1e-9))
+                .collect()
         } else {
-            let step = nice_step((self.hi - self.lo) / 5.0);
+            let step = if self.step > 0.0 {
+                self.step
+            } else {
+                nice_step((self.hi - self.lo) / 5.0)
+            };
             let mut v = self.lo;
             let mut out = Vec::new();
             while v <= self.hi + step * 1e-9 && out.len() < 20 {
@@ -256,6 +287,16 @@ fn nice_step(raw: f64) -> f64 {
     nice * mag
 }
 
+/// Where a chart's plot sits, once its legend is laid out.
+struct Frame {
+    /// Top of the plot area.
+    top: f64,
+    /// Height of the whole chart.
+    height: f64,
+    /// Bottom of the plot area.
+    bottom: f64,
+}
+
 /// The chart as an inline `<svg>` element.
 pub fn line_chart(c: &LineChart) -> String {
     let series: Vec<Series> = c
@@ -266,18 +307,17 @@ pub fn line_chart(c: &LineChart) -> String {
             points: thin(&s.points),
         })
         .collect();
+    let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+    let (f, mut out) = open(&c.title, &names);
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
-    let x = Scale::fit(xs, false, LEFT, WIDTH - RIGHT);
-    let y = Scale::fit(ys, c.log_y, HEIGHT - BOTTOM, TOP);
-    let mut out = open(&c.title);
-    let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
-    legend(&mut out, &names);
+    let x = Scale::fit(xs, false, c.x_unit, LEFT, WIDTH - RIGHT);
+    let y = Scale::fit(ys, c.log_y, c.y_unit, f.bottom, f.top);
     let (Some(x), Some(y)) = (x, y) else {
-        return close(out, "no drawable values");
+        return close(out, &f, "no drawable values");
     };
-    y_axis(&mut out, &y, c.y_unit, &c.y_label);
-    x_axis(&mut out, &x, c.x_unit, &c.x_label);
+    y_axis(&mut out, &f, &y, c.y_unit, &c.y_label);
+    x_axis(&mut out, &f, &x, c.x_unit, &c.x_label);
     for (i, s) in series.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
         let pts: Vec<(f64, f64, f64, f64)> = s
@@ -285,14 +325,26 @@ pub fn line_chart(c: &LineChart) -> String {
             .iter()
             .filter_map(|&(vx, vy)| Some((x.map(vx)?, y.map(vy)?, vx, vy)))
             .collect();
-        if pts.len() > 1 {
-            let path: Vec<String> = pts
+        // Several points at one x (two runs of the same N): the line goes
+        // through their mean, each point keeps its marker.
+        let mut path: Vec<(f64, f64, usize)> = Vec::new();
+        for &(px, py, ..) in &pts {
+            match path.last_mut() {
+                Some((lx, sum, n)) if *lx == px => {
+                    *sum += py;
+                    *n += 1;
+                }
+                _ => path.push((px, py, 1)),
+            }
+        }
+        if path.len() > 1 {
+            let line: Vec<String> = path
                 .iter()
-                .map(|(px, py, ..)| format!("{px:.1},{py:.1}"))
+                .map(|(px, sum, n)| format!("{px:.1},{:.1}", sum / *n as f64))
                 .collect();
             out.push_str(&format!(
                 r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
-                path.join(" ")
+                line.join(" ")
             ));
         }
         // Markers carry the exact value as a tooltip (few points) or mark a
@@ -302,37 +354,36 @@ pub fn line_chart(c: &LineChart) -> String {
                 out.push_str(&format!(
                     r#"<circle cx="{px:.1}" cy="{py:.1}" r="3" fill="{colour}"><title>{}: {}, {}</title></circle>"#,
                     escape(&s.name),
-                    escape(&c.x_unit.label(*vx)),
-                    escape(&c.y_unit.label(*vy)),
+                    escape(&c.x_unit.exact(*vx)),
+                    escape(&c.y_unit.exact(*vy)),
                 ));
             }
         }
     }
-    close(out, "")
+    close(out, &f, "")
 }
 
 /// The chart as an inline `<svg>` element.
 pub fn bar_chart(c: &BarChart) -> String {
+    let names: Vec<&str> = c.series.iter().map(String::as_str).collect();
+    let (f, mut out) = open(&c.title, &names);
     let values = c
         .groups
         .iter()
-        .flat_map(|g| g.values.iter().flatten().copied());
-    let y = Scale::fit(values, c.log_y, HEIGHT - BOTTOM, TOP);
-    let mut out = open(&c.title);
-    let names: Vec<&str> = c.series.iter().map(String::as_str).collect();
-    legend(&mut out, &names);
+        .flat_map(|g| g.values.iter().take(names.len()).flatten().copied());
+    let y = Scale::fit(values, c.log_y, c.y_unit, f.bottom, f.top);
     let Some(y) = y.filter(|_| !c.groups.is_empty()) else {
-        return close(out, "no drawable values");
+        return close(out, &f, "no drawable values");
     };
-    y_axis(&mut out, &y, c.y_unit, &c.y_label);
+    y_axis(&mut out, &f, &y, c.y_unit, &c.y_label);
     let slot = (WIDTH - LEFT - RIGHT) / c.groups.len() as f64;
     let per = c.series.len().max(1);
     let bar = (slot * 0.8 / per as f64).min(40.0);
     // Bars rise from the bottom of the plot (log) or from zero (linear).
     let base = if y.log {
-        HEIGHT - BOTTOM
+        f.bottom
     } else {
-        y.map(0.0).unwrap_or(HEIGHT - BOTTOM)
+        y.map(0.0).unwrap_or(f.bottom)
     };
     for (gi, g) in c.groups.iter().enumerate() {
         let centre = LEFT + slot * (gi as f64 + 0.5);
@@ -355,16 +406,16 @@ pub fn bar_chart(c: &BarChart) -> String {
                 PALETTE[si % PALETTE.len()],
                 escape(series),
                 escape(&g.label),
-                escape(&c.y_unit.label(v)),
+                escape(&c.y_unit.exact(v)),
             ));
         }
         out.push_str(&format!(
             r#"<text x="{centre:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            HEIGHT - BOTTOM + 16.0,
+            f.bottom + 16.0,
             escape(&g.label)
         ));
     }
-    close(out, "")
+    close(out, &f, "")
 }
 
 /// Every k-th point of a long series, the last one kept.
@@ -380,20 +431,51 @@ fn thin(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
     out
 }
 
-fn open(title: &str) -> String {
-    format!(
-        r##"<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{t}"><rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#fff"/><text class="title" x="{LEFT}" y="18">{t}</text>"##,
+/// Starts the chart: background, title, and a legend wrapped onto as many
+/// rows as it needs (which pushes the plot down).
+fn open(title: &str, names: &[&str]) -> (Frame, String) {
+    let mut legend = String::new();
+    let (mut x, mut row) = (LEFT, 0usize);
+    for (i, name) in names.iter().enumerate() {
+        let name: String = name.chars().take(60).collect();
+        // About 6.5 px per character at the 11 px chart font; 7 leaves room
+        // for a wider fallback font.
+        let w = 28.0 + 7.0 * name.chars().count() as f64;
+        if x > LEFT && x + w > WIDTH - RIGHT {
+            x = LEFT;
+            row += 1;
+        }
+        let y = LEGEND_Y + LEGEND_ROW * row as f64;
+        legend.push_str(&format!(
+            r#"<rect x="{x:.1}" y="{:.1}" width="10" height="10" fill="{}"/><text x="{:.1}" y="{y:.1}">{}</text>"#,
+            y - 9.0,
+            PALETTE[i % PALETTE.len()],
+            x + 14.0,
+            escape(&name)
+        ));
+        x += w;
+    }
+    let extra = LEGEND_ROW * row as f64;
+    let f = Frame {
+        top: 48.0 + extra,
+        height: HEIGHT + extra,
+        bottom: HEIGHT + extra - BOTTOM,
+    };
+    let out = format!(
+        r##"<svg class="chart" viewBox="0 0 {WIDTH} {h}" width="{WIDTH}" height="{h}" role="img" aria-label="{t}"><rect x="0" y="0" width="{WIDTH}" height="{h}" fill="#fff"/><text class="title" x="{LEFT}" y="18">{t}</text>{legend}"##,
+        h = f.height,
         t = escape(title)
-    )
+    );
+    (f, out)
 }
 
 /// Ends the chart, with `note` across the plot when nothing was drawn.
-fn close(mut out: String, note: &str) -> String {
+fn close(mut out: String, f: &Frame, note: &str) -> String {
     if !note.is_empty() {
         out.push_str(&format!(
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
             WIDTH / 2.0,
-            HEIGHT / 2.0,
+            (f.top + f.bottom) / 2.0,
             escape(note)
         ));
     }
@@ -401,26 +483,13 @@ fn close(mut out: String, note: &str) -> String {
     out
 }
 
-fn legend(out: &mut String, names: &[&str]) {
-    let mut x = LEFT;
-    for (i, name) in names.iter().enumerate() {
-        out.push_str(&format!(
-            r#"<rect x="{x:.1}" y="28" width="10" height="10" fill="{}"/><text x="{:.1}" y="37">{}</text>"#,
-            PALETTE[i % PALETTE.len()],
-            x + 14.0,
-            escape(name)
-        ));
-        // Roughly 6.5 px per character at the page's 11 px chart font.
-        x += 28.0 + 6.5 * name.chars().count().min(40) as f64;
-    }
-}
-
-fn y_axis(out: &mut String, y: &Scale, unit: Unit, label: &str) {
+fn y_axis(out: &mut String, f: &Frame, y: &Scale, unit: Unit, label: &str) {
     out.push_str(&format!(
-        r##"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{b}" stroke="#444"/><text x="12" y="{m:.1}" text-anchor="middle" transform="rotate(-90 12 {m:.1})">{}</text>"##,
+        r##"<line x1="{LEFT}" y1="{t}" x2="{LEFT}" y2="{b}" stroke="#444"/><text x="12" y="{m:.1}" text-anchor="middle" transform="rotate(-90 12 {m:.1})">{}</text>"##,
         escape(label),
-        b = HEIGHT - BOTTOM,
-        m = (TOP + HEIGHT - BOTTOM) / 2.0,
+        t = f.top,
+        b = f.bottom,
+        m = (f.top + f.bottom) / 2.0,
     ));
     for t in y.ticks() {
         if let Some(py) = y.map(t) {
@@ -435,13 +504,13 @@ fn y_axis(out: &mut String, y: &Scale, unit: Unit, label: &str) {
     }
 }
 
-fn x_axis(out: &mut String, x: &Scale, unit: Unit, label: &str) {
-    let b = HEIGHT - BOTTOM;
+fn x_axis(out: &mut String, f: &Frame, x: &Scale, unit: Unit, label: &str) {
+    let b = f.bottom;
     out.push_str(&format!(
         r##"<line x1="{LEFT}" y1="{b}" x2="{:.1}" y2="{b}" stroke="#444"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
         WIDTH - RIGHT,
         (LEFT + WIDTH - RIGHT) / 2.0,
-        HEIGHT - 6.0,
+        f.height - 6.0,
         escape(label)
     ));
     for t in x.ticks() {
@@ -544,7 +613,22 @@ mod tests {
         for tick in ["100 µs", "1 ms", "10 s"] {
             assert!(svg.contains(tick), "{tick}: {svg}");
         }
-        assert!(svg.contains("<title>b p99: 1.2 s</title>"), "{svg}");
+        assert!(svg.contains("<title>b p99: 1,200,000 µs</title>"), "{svg}");
+        // Two decades or fewer get 2× and 5× ticks too.
+        let narrow = bar_chart(&BarChart {
+            title: "latency".into(),
+            y_label: "µs".into(),
+            y_unit: Unit::Micros,
+            log_y: true,
+            series: vec!["a".into()],
+            groups: vec![BarGroup {
+                label: "p99".into(),
+                values: vec![Some(150_000.0), Some(700_000.0)],
+            }],
+        });
+        for tick in [">100 ms<", ">200 ms<", ">500 ms<", ">1 s<"] {
+            assert!(narrow.contains(tick), "{tick}: {narrow}");
+        }
     }
 
     #[test]
@@ -570,6 +654,33 @@ mod tests {
     }
 
     #[test]
+    fn byte_axes_step_in_binary_units_and_long_legends_wrap() {
+        let svg = line(vec![(0.0, 9_000_000.0), (1.0, 36_000_000.0)], false);
+        for tick in [">10 MiB<", ">20 MiB<", ">30 MiB<"] {
+            assert!(svg.contains(tick), "{tick}: {svg}");
+        }
+        let many: Vec<Series> = (0..8)
+            .map(|i| Series {
+                name: format!("a rather long series name {i}"),
+                points: vec![(0.0, 1.0), (1.0, 2.0)],
+            })
+            .collect();
+        let wrapped = line_chart(&LineChart {
+            title: "t".into(),
+            x_label: "x".into(),
+            x_unit: Unit::Plain,
+            y_label: "y".into(),
+            y_unit: Unit::Plain,
+            log_y: false,
+            series: many,
+        });
+        assert!(
+            !wrapped.contains(&format!(r#"height="{HEIGHT}""#)),
+            "{wrapped}"
+        );
+    }
+
+    #[test]
     fn long_series_are_thinned() {
         let pts: Vec<(f64, f64)> = (0..100_000).map(|i| (i as f64, 1.0 + i as f64)).collect();
         let svg = line(pts, true);
@@ -582,6 +693,9 @@ mod tests {
         assert_eq!(Unit::Micros.label(250.0), "250 µs");
         assert_eq!(Unit::Bytes.label(1443.0), "1.41 KiB");
         assert_eq!(Unit::Plain.label(246_254.0), "246k");
+        assert_eq!(Unit::Plain.label(5_000.0), "5k");
         assert_eq!(Unit::Plain.label(f64::NAN), "—");
+        assert_eq!(Unit::Bytes.exact(1443.0), "1,443 B (1.41 KiB)");
+        assert_eq!(Unit::Micros.exact(1_187_839.0), "1,187,839 µs");
     }
 }

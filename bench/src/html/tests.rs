@@ -204,7 +204,7 @@ fn memory_per_connection_is_drawn_against_n() {
 
 #[test]
 fn numbers_print_grouped() {
-    assert_eq!(fmt_num(1_911.1936), "1,911");
+    assert_eq!(fmt_num(1_911.193_6), "1,911");
     assert_eq!(fmt_num(246_254.56), "246,255");
     assert_eq!(fmt_num(-35.57), "-35.6");
     assert_eq!(fmt_num(2.217), "2.22");
