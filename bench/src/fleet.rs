@@ -178,11 +178,11 @@ impl Storm {
             }
             Err(f) => *self.failures.entry(f.label()).or_insert(0) += 1,
         }
-        bar.inc(1);
         if !bar.is_hidden() {
             let failed: u64 = self.failures.values().sum();
             bar.set_message(format!("{} logged in, {failed} failed", self.members.len()));
         }
+        bar.inc(1);
     }
 }
 
