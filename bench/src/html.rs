@@ -2,7 +2,7 @@
 //! files the scenarios write (`--json`). Each file's kind is told by its
 //! fields, not its name (`kinds.rs`); figures across files (memory per
 //! connection against N, Tidegate : peer ratios) are in `compare.rs`; the
-//! charts are hand-written SVG (`svg.rs`); the machine the page was made on
+//! charts are hand-written SVG (`svg.rs`, axes in `svg/axis.rs`); the machine the page was made on
 //! comes from /proc (`machine.rs`).
 //!
 //! Inputs are untrusted: every string from them is HTML-escaped, and odd or
