@@ -74,6 +74,9 @@ enum BenchCmd {
     C2s(tidegate_bench::c2s::C2sArgs),
     /// One self-contained HTML page (tables, SVG charts) from the scenarios' JSON files.
     Report(tidegate_bench::html::ReportArgs),
+    /// Internal: one worker process of a scenario's `--procs` fleet.
+    #[command(hide = true)]
+    FleetWorker(tidegate_bench::spread::WorkerArgs),
 }
 
 #[derive(Args)]
@@ -435,6 +438,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     use tidegate_bench as b;
     b::report::set_quiet(args.quiet);
     let report = match args.cmd {
+        // A worker speaks JSON lines to its parent as it goes.
+        BenchCmd::FleetWorker(a) => return runtime()?.block_on(b::spread::worker(a)),
         BenchCmd::Idle(a) => serde_json::to_value(runtime()?.block_on(b::idle::run(a))?),
         BenchCmd::Push(a) => serde_json::to_value(runtime()?.block_on(b::push::run(a))?),
         BenchCmd::Peers(a) => serde_json::to_value(runtime()?.block_on(b::peers::run(a))?),

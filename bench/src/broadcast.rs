@@ -106,6 +106,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<BroadcastReport> {
     );
     fleet::check_fd_budget(args.connections + args.messages.min(1024))?;
     let plan = StormPlan {
+        first: 0,
         target: args.server.target,
         connections: args.connections,
         app: AppCode(args.server.app),

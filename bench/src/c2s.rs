@@ -138,6 +138,7 @@ pub async fn run(args: C2sArgs) -> anyhow::Result<C2sReport> {
         );
     }
     let plan = StormPlan {
+        first: 0,
         target: args.target,
         connections: args.connections,
         app: AppCode(args.app),

@@ -78,6 +78,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ConnectReport> {
         report::ensure_range("--rate", rate, 1.0, 1_000_000.0)?;
     }
     let plan = StormPlan {
+        first: 0,
         target: args.target,
         connections: args.connections,
         app: AppCode(args.app),

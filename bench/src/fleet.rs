@@ -22,7 +22,11 @@ use tokio::task::JoinSet;
 pub struct StormPlan {
     /// Gateway client address (loopback).
     pub target: SocketAddr,
-    /// Clients to log in; client i is uid [`uid`]`(i)`.
+    /// Index of the first client (a worker process's share starts past 0,
+    /// so every process logs in different uids from different sources).
+    pub first: usize,
+    /// Clients to log in: indices `first .. first + connections`; client i
+    /// is uid [`uid`]`(i)`.
     pub connections: usize,
     /// App to log in to.
     pub app: AppCode,
@@ -119,7 +123,7 @@ pub async fn storm(plan: &StormPlan) -> anyhow::Result<Storm> {
     };
     let bar = report::progress(plan.connections as u64, "connect+login");
     let mut attempts = JoinSet::new();
-    for i in 0..plan.connections {
+    for i in plan.first..plan.first + plan.connections {
         let due = match &mut pacer {
             Some(p) => Some(p.next().await.map(|s| s.due).unwrap_or_else(Instant::now)),
             None => None,
@@ -324,6 +328,7 @@ mod tests {
             .unwrap()
             .port();
         let plan = StormPlan {
+            first: 0,
             target: SocketAddr::from(([127, 0, 0, 1], port)),
             connections: 5,
             app: AppCode(1),

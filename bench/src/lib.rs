@@ -8,6 +8,7 @@ pub mod broadcast;
 pub mod c2s;
 pub mod connect;
 pub mod fleet;
+pub mod hold;
 pub mod html;
 pub mod idle;
 pub mod mqtt;
@@ -18,6 +19,7 @@ pub mod procs;
 pub mod push;
 pub mod report;
 pub mod sources;
+pub mod spread;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;

@@ -103,6 +103,20 @@ pub fn sockstat() -> anyhow::Result<SockStat> {
     Ok(s)
 }
 
+/// The kernel's whole slab (`Slab:` in /proc/meminfo), bytes: the
+/// cross-check of [`tcp_slab_bytes`], which names only the socket caches.
+pub fn meminfo_slab_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Slab:"))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// Bytes of slab memory of the caches that make up a TCP socket (TCP,
 /// sock_inode_cache, …) from /proc/slabinfo; `None` if unreadable.
 pub fn tcp_slab_bytes() -> Option<u64> {

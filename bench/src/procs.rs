@@ -132,6 +132,18 @@ impl Workers {
         Ok(out)
     }
 
+    /// Closes every worker's stdin (their signal to stop), reads each one's
+    /// last JSON line, and waits for them to exit (killing any still
+    /// running after `grace`).
+    pub async fn release<T: DeserializeOwned>(mut self, grace: Duration) -> anyhow::Result<Vec<T>> {
+        for w in &mut self.workers {
+            drop(w.child.stdin.take());
+        }
+        let last = self.next_reports(grace).await;
+        self.finish(grace).await;
+        last
+    }
+
     /// Closes every worker's stdin (their signal to stop) and waits for
     /// them; any still running after `grace` is killed.
     pub async fn finish(mut self, grace: Duration) {

@@ -97,6 +97,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<PushReport> {
     args.server.ensure_loopback()?;
     report::ensure_range("--connections", args.connections, 1, 100_000)?;
     let plan = StormPlan {
+        first: 0,
         target: args.server.target,
         connections: args.connections,
         app: AppCode(args.server.app),

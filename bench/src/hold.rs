@@ -1,0 +1,112 @@
+//! Holding many logged-in connections for as little memory as possible.
+//! A C1M run holds ~19,000 connections per bench process; a full client
+//! (4 KiB read buffer, frame queue) per connection would cost the bench
+//! more than the gateway under test costs. A holder keeps only the socket:
+//! it sends a KEEPALIVE now and then, reads and discards whatever the
+//! gateway sends (keepalive replies), and ends when the gateway closes.
+
+use crate::fleet::Member;
+use bytes::Bytes;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tidegate_proto::{AppCode, Cmd, Frame, Header};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+/// Connections being held, and how many are still open.
+pub struct Holders {
+    tasks: JoinSet<()>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Holders {
+    /// Holds every member's connection, each sending a KEEPALIVE every
+    /// `keepalive` (spread over the interval so they do not all fire at once).
+    pub fn start(members: Vec<Member>, app: AppCode, keepalive: Duration) -> Holders {
+        let open = Arc::new(AtomicUsize::new(members.len()));
+        let ping = Frame::empty(Header::new(Cmd::Keepalive, app, 0)).to_bytes();
+        let mut tasks = JoinSet::new();
+        for m in members {
+            let phase = spread(m.index, keepalive);
+            let (ping, open) = (ping.clone(), open.clone());
+            let stream = m.client.into_stream();
+            tasks.spawn(async move {
+                hold(stream, ping, keepalive, phase).await;
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        Holders { tasks, open }
+    }
+
+    /// Connections still open (the gateway has not closed them).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Closes every connection (each task drops its socket).
+    pub fn close(mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// The first keepalive's delay for connection `index`: spread over one
+/// interval so N holders send N / interval keepalives per second, evenly.
+fn spread(index: usize, every: Duration) -> Duration {
+    const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+    let frac = (index as u64).wrapping_mul(GOLDEN) >> 11;
+    every.mul_f64(frac as f64 / (1u64 << 53) as f64)
+}
+
+async fn hold(mut stream: TcpStream, ping: Bytes, every: Duration, phase: Duration) {
+    let mut next = tokio::time::Instant::now() + phase;
+    loop {
+        tokio::select! {
+            r = stream.readable() => {
+                if r.is_err() || !drain(&stream) {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(next) => {
+                if stream.write_all(&ping).await.is_err() {
+                    return;
+                }
+                next += every;
+            }
+        }
+    }
+}
+
+/// Reads and discards what is readable; false once the peer has closed.
+fn drain(stream: &TcpStream) -> bool {
+    let mut sink = [0u8; 512];
+    loop {
+        match stream.try_read(&mut sink) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_keepalives_spread_over_the_interval() {
+        let every = Duration::from_secs(20);
+        let mut buckets = [0usize; 10];
+        for i in 0..10_000 {
+            let d = spread(i, every);
+            assert!(d < every);
+            buckets[(d.as_secs_f64() / 2.0) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&b| (800..1200).contains(&b)),
+            "{buckets:?}"
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! A login storm spread over worker processes (`--procs`). One process may
+//! hold about 19,000 sockets here (open-files limit 20,000, not raisable),
+//! so a million connections take ~53 bench processes. Each worker (the
+//! hidden `tidegate bench fleet-worker`) logs in its [`Share`] of the
+//! fleet, reports its storm as one JSON line, holds its connections with
+//! lean [`Holders`] until released, then reports how many were still open.
+//! The parent merges the storms (histograms added, failures summed).
+
+use crate::fleet::{self, StormPlan};
+use crate::hold::Holders;
+use crate::procs::{self, Share, Workers};
+use crate::{report, Recorder};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tidegate_proto::AppCode;
+
+/// Arguments of the hidden `tidegate bench fleet-worker`: one share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// Gateway client address (loopback only).
+    #[arg(long)]
+    pub target: SocketAddr,
+    /// App code.
+    #[arg(long)]
+    pub app: u16,
+    /// The app's token secret.
+    #[arg(long)]
+    pub secret: String,
+    /// First client index of the share.
+    #[arg(long)]
+    pub first: usize,
+    /// Clients in the share.
+    #[arg(long)]
+    pub count: usize,
+    /// Attempts in flight at once.
+    #[arg(long)]
+    pub concurrency: usize,
+    /// Attempts per second of this worker (open loop).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Connect+login timeout, milliseconds.
+    #[arg(long)]
+    pub timeout_ms: u64,
+    /// Seconds between a held connection's keepalives.
+    #[arg(long)]
+    pub keepalive_s: u64,
+    /// Longest hold, seconds, should the parent never release the worker.
+    #[arg(long)]
+    pub max_hold_s: u64,
+}
+
+/// A worker's first line: its storm.
+#[derive(Debug, Serialize, Deserialize)]
+struct ShareStorm {
+    logged_in: usize,
+    failures: BTreeMap<String, u64>,
+    elapsed_s: f64,
+    /// Connect+login latency, HdrHistogram V2, base64.
+    latency: String,
+    /// TCP connect latency, HdrHistogram V2, base64.
+    connect_latency: String,
+}
+
+/// A worker's last line, when released: its connections still open.
+#[derive(Debug, Serialize, Deserialize)]
+struct ShareHeld {
+    open: usize,
+}
+
+/// Runs one worker: storm, report, hold until released, report.
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    // Workers inherit the parent's stderr: a bar from each on one terminal
+    // would overwrite the others', so only the parent draws.
+    report::set_quiet(true);
+    let plan = StormPlan {
+        target: args.target,
+        first: args.first,
+        connections: args.count,
+        app: AppCode(args.app),
+        secret: args.secret,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        timeout: Duration::from_millis(args.timeout_ms),
+    };
+    let storm = fleet::storm(&plan).await?;
+    say(&ShareStorm {
+        logged_in: storm.members.len(),
+        failures: storm.failures,
+        elapsed_s: storm.elapsed.as_secs_f64(),
+        latency: storm.latency.to_base64(),
+        connect_latency: storm.connect_latency.to_base64(),
+    })?;
+    let holders = Holders::start(
+        storm.members,
+        plan.app,
+        Duration::from_secs(args.keepalive_s.max(1)),
+    );
+    procs::until_released(Duration::from_secs(args.max_hold_s)).await;
+    say(&ShareHeld {
+        open: holders.open(),
+    })?;
+    holders.close();
+    Ok(())
+}
+
+fn say(line: &impl Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string(line)?)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// A storm's figures without its clients (they live in the workers).
+pub struct StormSummary {
+    /// Clients logged in.
+    pub logged_in: usize,
+    /// Failed attempts by reason.
+    pub failures: BTreeMap<String, u64>,
+    /// Connect+login latency, all workers.
+    pub latency: Recorder,
+    /// TCP connect latency, all workers.
+    pub connect_latency: Recorder,
+    /// Start of the first worker to the last worker's report: includes
+    /// starting the processes, so logins/s is never flattered.
+    pub elapsed: Duration,
+}
+
+impl fleet::Storm {
+    /// The storm's figures, and its clients.
+    pub fn into_parts(self) -> (StormSummary, Vec<fleet::Member>) {
+        let summary = StormSummary {
+            logged_in: self.members.len(),
+            failures: self.failures,
+            latency: self.latency,
+            connect_latency: self.connect_latency,
+            elapsed: self.elapsed,
+        };
+        (summary, self.members)
+    }
+}
+
+impl StormSummary {
+    /// Logins per second over the storm.
+    pub fn logins_per_s(&self) -> f64 {
+        self.logged_in as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Worker processes holding a storm's clients.
+pub struct Spread {
+    workers: Workers,
+}
+
+/// How a spread storm holds its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct HoldPlan {
+    /// Keepalive interval of each held connection.
+    pub keepalive: Duration,
+    /// Workers end by themselves after this, released or not.
+    pub max_hold: Duration,
+}
+
+/// Worker processes for `connections` (`requested`, or enough to stay under
+/// each process's descriptor limit when `None`).
+pub fn procs_for(connections: usize, requested: Option<usize>) -> usize {
+    requested.unwrap_or_else(|| connections.div_ceil(procs::per_process_capacity()).max(1))
+}
+
+/// Runs `plan` over `procs` worker processes (the rate, if any, split
+/// evenly); returns the merged storm once every worker has reported, and
+/// the workers, which hold their clients until released.
+pub async fn storm(
+    plan: &StormPlan,
+    procs: usize,
+    hold: HoldPlan,
+) -> anyhow::Result<(StormSummary, Spread)> {
+    let shares: Vec<Share> = procs::shares(plan.connections, plan.connections.div_ceil(procs))
+        .into_iter()
+        .map(|s| Share {
+            first: plan.first + s.first,
+            count: s.count,
+        })
+        .collect();
+    let cap = procs::per_process_capacity();
+    anyhow::ensure!(
+        shares.iter().all(|s| s.count <= cap),
+        "{} connections over {procs} processes is more than {cap} per process \
+         (the open-files limit); use more --procs",
+        plan.connections
+    );
+    let n = shares.len();
+    let started = Instant::now();
+    let mut workers = Workers::spawn(&shares, |s| worker_args(plan, s, n, hold))?;
+    let lines: Vec<ShareStorm> = workers
+        .next_reports(plan.worst_case() + Duration::from_secs(30))
+        .await?;
+    let mut summary = StormSummary {
+        logged_in: 0,
+        failures: BTreeMap::new(),
+        latency: Recorder::new(),
+        connect_latency: Recorder::new(),
+        elapsed: started.elapsed(),
+    };
+    for line in lines {
+        summary.logged_in += line.logged_in;
+        for (why, n) in line.failures {
+            *summary.failures.entry(why).or_insert(0) += n;
+        }
+        summary
+            .latency
+            .merge(&Recorder::from_base64(&line.latency)?);
+        summary
+            .connect_latency
+            .merge(&Recorder::from_base64(&line.connect_latency)?);
+    }
+    Ok((summary, Spread { workers }))
+}
+
+fn worker_args(plan: &StormPlan, share: &Share, workers: usize, hold: HoldPlan) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "bench",
+        "fleet-worker",
+        "--target",
+        &plan.target.to_string(),
+        "--app",
+        &plan.app.0.to_string(),
+        "--secret",
+        &plan.secret,
+        "--first",
+        &share.first.to_string(),
+        "--count",
+        &share.count.to_string(),
+        "--concurrency",
+        &plan.concurrency.div_ceil(workers).max(1).to_string(),
+        "--timeout-ms",
+        &plan.timeout.as_millis().to_string(),
+        "--keepalive-s",
+        &hold.keepalive.as_secs().max(1).to_string(),
+        "--max-hold-s",
+        &hold.max_hold.as_secs().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(rate) = plan.rate {
+        a.extend(["--rate".to_string(), (rate / workers as f64).to_string()]);
+    }
+    a
+}
+
+impl Spread {
+    /// Worker processes.
+    pub fn procs(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Releases the workers (they close their connections and exit) and
+    /// returns how many connections were still open at that moment.
+    pub async fn release(self) -> anyhow::Result<usize> {
+        let held: Vec<ShareHeld> = self.workers.release(Duration::from_secs(30)).await?;
+        Ok(held.iter().map(|h| h.open).sum())
+    }
+}
