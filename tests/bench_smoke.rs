@@ -62,6 +62,51 @@ fn idle_and_push_scenarios_run_and_report() {
 }
 
 #[test]
+fn idle_and_broadcast_spread_over_worker_processes() {
+    let tg = Tidegate::up(&Backend::Embedded, "");
+    let (target, http) = (tg.client.to_string(), tg.http.to_string());
+    let idle = bench(&[
+        "idle",
+        "--target",
+        &target,
+        "--connections",
+        "60",
+        "--procs",
+        "3",
+        "--hold-s",
+        "1",
+        "--gateway-pid",
+        &tg.pid().to_string(),
+    ]);
+    assert_eq!(idle["bench_procs"], 3, "{idle}");
+    assert_eq!(idle["logged_in"], 60, "{idle}");
+    // Merged histograms: every worker's logins, not one worker's.
+    assert_eq!(idle["login_latency"]["count"], 60, "{idle}");
+    assert_eq!(idle["held_at_end"], 60, "{idle}");
+
+    let b = bench(&[
+        "broadcast",
+        "--target",
+        &target,
+        "--http",
+        &http,
+        "--connections",
+        "40",
+        "--procs",
+        "2",
+        "--messages",
+        "2",
+        "--interval-ms",
+        "100",
+    ]);
+    assert_eq!(b["bench_procs"], 2, "{b}");
+    assert_eq!(b["deliveries"], 80, "{b}");
+    assert_eq!(b["complete_messages"], 2, "{b}");
+    assert_eq!(b["delivery_latency"]["count"], 80, "{b}");
+    assert_eq!(b["time_to_last"]["count"], 2, "{b}");
+}
+
+#[test]
 fn connect_storm_reports_logins_and_failures_by_reason() {
     let tg = Tidegate::up(&Backend::Embedded, "");
     let target = tg.client.to_string();

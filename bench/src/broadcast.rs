@@ -4,20 +4,23 @@
 //! message the report gives deliveries out of N and the time from the
 //! HTTP send to the last client's receipt (time to last delivery), and over
 //! the run the percentiles of per-client delivery latency and of time to last.
+//! Past one process's descriptor limit the clients are spread over
+//! `--procs` bench processes; each counts its own receipts on the host's
+//! monotonic clock and the parent merges them (broadcast to a million).
 //!
 //! A broadcast reaches every online session of the app, so run it against a
 //! gateway no other client of that app uses: strangers would be counted by
 //! the server (`server_delivered`) but not by bench.
 
 use crate::fleet::{self, StormPlan};
+use crate::hold::Holders;
 use crate::pace::{Pacer, Schedule};
-
+use crate::receipts::{mono_ns, Receipts, Stamp, Tally};
 use crate::report::{self, Server, SharedRecorder};
+use crate::spread::{self, HoldPlan, Spread};
 use crate::{Percentiles, Recorder};
-use base64::Engine;
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidegate_proto::AppCode;
@@ -38,6 +41,17 @@ pub struct BroadcastArgs {
     /// Milliseconds between two broadcasts (0: all at once).
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
+    /// Bench processes holding the clients (default: as few as the
+    /// open-files limit allows, ~19,000 connections each here).
+    #[arg(long)]
+    pub procs: Option<usize>,
+    /// Connects+logins in flight at once (over all bench processes).
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Login attempts per second over all processes (open loop); omit to
+    /// go as fast as --concurrency allows.
+    #[arg(long)]
+    pub login_rate: Option<f64>,
     /// Write the report as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -61,8 +75,16 @@ pub struct MessageReport {
 /// What `bench broadcast` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BroadcastReport {
-    /// Clients logged in.
+    /// Clients asked for.
     pub connections: usize,
+    /// Clients logged in (the broadcasts' audience).
+    pub logged_in: usize,
+    /// Failed logins by reason.
+    pub login_failures: std::collections::BTreeMap<String, u64>,
+    /// Bench processes that held them.
+    pub bench_procs: usize,
+    /// Logins per second while the fleet came up.
+    pub logins_per_s: f64,
     /// Broadcasts sent.
     pub messages: usize,
     /// Spacing, ms.
@@ -83,8 +105,6 @@ pub struct BroadcastReport {
     pub per_message: Vec<MessageReport>,
 }
 
-/// Logins in flight while the fleet comes up.
-const LOGIN_CONCURRENCY: usize = 256;
 /// A login slower than this fails the run.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A broadcast request slower than this counts as `timeout`.
@@ -95,7 +115,8 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// Runs the scenario.
 pub async fn run(args: BroadcastArgs) -> anyhow::Result<BroadcastReport> {
     args.server.ensure_loopback()?;
-    report::ensure_range("--connections", args.connections, 1, 100_000)?;
+    report::ensure_range("--connections", args.connections, 1, 1_200_000)?;
+    report::ensure_range("--concurrency", args.concurrency, 1, 100_000)?;
     report::ensure_range("--messages", args.messages, 1, 10_000)?;
     report::ensure_range("--interval-ms", args.interval_ms, 0, 60_000)?;
     let schedule = Duration::from_millis(args.interval_ms) * args.messages as u32;
@@ -104,29 +125,22 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<BroadcastReport> {
         "--messages × --interval-ms is {} s; at most 600 s per run",
         schedule.as_secs()
     );
-    fleet::check_fd_budget(args.connections + args.messages.min(1024))?;
+    let procs = spread::procs_for(args.connections, args.procs);
+    report::ensure_range("--procs", procs, 1, 200)?;
     let plan = StormPlan {
         first: 0,
         target: args.server.target,
         connections: args.connections,
         app: AppCode(args.server.app),
         secret: args.server.secret.clone(),
-        concurrency: LOGIN_CONCURRENCY,
-        rate: None,
+        concurrency: args.concurrency,
+        rate: args.login_rate,
         timeout: LOGIN_TIMEOUT,
     };
     let limit = plan.worst_case() + schedule + HTTP_TIMEOUT + DRAIN + Duration::from_secs(10);
-    let r = report::within(limit, fan_out(&args, &plan)).await?;
+    let r = report::within(limit, fan_out(&args, &plan, procs, limit)).await?;
     report::write_json(args.json.as_deref(), &r)?;
     Ok(r)
-}
-
-/// Receipts of one broadcast, updated by every client's reader.
-#[derive(Default)]
-struct Track {
-    receipts: AtomicU64,
-    /// Latest receipt, ns since the run's epoch.
-    last_ns: AtomicU64,
 }
 
 /// The HTTP side of one broadcast.
@@ -136,37 +150,80 @@ struct Answer {
     server_delivered: Option<u64>,
 }
 
-async fn fan_out(args: &BroadcastArgs, plan: &StormPlan) -> anyhow::Result<BroadcastReport> {
-    let storm = fleet::storm(plan).await?;
-    storm.require_all(args.connections)?;
-    let n = args.connections as u64;
-    let epoch = Instant::now();
-    let tracks: Arc<Vec<Track>> = Arc::new((0..args.messages).map(|_| Track::default()).collect());
-    let latency = Arc::new(SharedRecorder::new());
-    let total = Arc::new(AtomicU64::new(0));
-    let mut readers = JoinSet::new();
-    for m in storm.members {
-        let (tracks, latency, total, mut client) =
-            (tracks.clone(), latency.clone(), total.clone(), m.client);
-        readers.spawn(async move {
-            while let Ok(push) = client.recv_push().await {
-                let Some(stamp) = Stamp::parse(&push.content) else {
-                    continue;
-                };
-                let Some(track) = tracks.get(stamp.message) else {
-                    continue;
-                };
-                let now_ns = epoch.elapsed().as_nanos() as u64;
-                latency.record(
-                    m.index,
-                    Duration::from_nanos(now_ns.saturating_sub(stamp.due_ns)),
-                );
-                track.receipts.fetch_add(1, Ordering::Relaxed);
-                track.last_ns.fetch_max(now_ns, Ordering::Relaxed);
-                total.fetch_add(1, Ordering::Relaxed);
+/// Where the receiving clients live.
+enum Receivers {
+    /// In this process, counting into these receipts.
+    Here(Holders, Arc<Receipts>),
+    /// In worker processes, each counting its own.
+    Workers(Spread),
+}
+
+impl Receivers {
+    /// Waits until every client has every message or `deadline` passes.
+    async fn wait(&mut self, expected: u64, deadline: tokio::time::Instant) {
+        match self {
+            Receivers::Here(_, r) => {
+                while r.total() < expected && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
             }
-        });
+            Receivers::Workers(s) => {
+                s.wait_complete(deadline).await;
+            }
+        }
     }
+
+    /// Closes every connection; returns the receipts of all processes.
+    async fn finish(self) -> anyhow::Result<Tally> {
+        match self {
+            Receivers::Here(h, r) => {
+                h.close();
+                Ok(r.tally())
+            }
+            Receivers::Workers(s) => {
+                let mut all = Tally::default();
+                for last in s.release().await? {
+                    if let Some(t) = last.tally {
+                        all.merge(&t)?;
+                    }
+                }
+                Ok(all)
+            }
+        }
+    }
+}
+
+/// Keepalive interval of the receiving clients: the run is shorter than
+/// any gateway's idle timeout, but keep the sessions honest anyway.
+const KEEPALIVE: Duration = Duration::from_secs(20);
+
+async fn fan_out(
+    args: &BroadcastArgs,
+    plan: &StormPlan,
+    procs: usize,
+    limit: Duration,
+) -> anyhow::Result<BroadcastReport> {
+    let (storm, mut receivers) = if procs == 1 {
+        let (storm, members) = fleet::storm(plan).await?.into_parts();
+        let receipts = Arc::new(Receipts::new(args.messages));
+        let holders = Holders::start(members, plan.app, KEEPALIVE, Some(receipts.clone()));
+        (storm, Receivers::Here(holders, receipts))
+    } else {
+        let hold = HoldPlan {
+            keepalive: KEEPALIVE,
+            max_hold: limit,
+        };
+        let (storm, spread) = spread::storm(plan, procs, hold, Some(args.messages)).await?;
+        (storm, Receivers::Workers(spread))
+    };
+    // At a million, a few logins may fail on a saturated host: broadcast to
+    // those that made it and say how many did not.
+    anyhow::ensure!(
+        storm.logged_in > 0,
+        "no client logged in; failures: {:?}",
+        storm.failures
+    );
+    let n = storm.logged_in as u64;
 
     let http = reqwest::Client::builder()
         .timeout(HTTP_TIMEOUT)
@@ -182,17 +239,15 @@ async fn fan_out(args: &BroadcastArgs, plan: &StormPlan) -> anyhow::Result<Broad
         args.messages as u64,
         start,
     ))?;
-    let mut dues = vec![Duration::ZERO; args.messages];
+    // Due instants on the clock every bench process shares.
+    let (epoch, epoch_ns) = (Instant::now(), mono_ns());
+    let mut dues = vec![0u64; args.messages];
     let mut sends = JoinSet::new();
     while let Some(slot) = pacer.next().await {
         let k = slot.index as usize;
-        let due = slot.due.duration_since(epoch);
-        dues[k] = due;
-        let body = Stamp {
-            message: k,
-            due_ns: due.as_nanos() as u64,
-        }
-        .body(args.server.app);
+        let due_ns = epoch_ns + slot.due.saturating_duration_since(epoch).as_nanos() as u64;
+        dues[k] = due_ns;
+        let body = Stamp { message: k, due_ns }.body(args.server.app);
         let (http, url, key) = (http.clone(), url.clone(), key.clone());
         let (answers, http_latency) = (answers.clone(), http_latency.clone());
         sends.spawn(async move {
@@ -205,12 +260,10 @@ async fn fan_out(args: &BroadcastArgs, plan: &StormPlan) -> anyhow::Result<Broad
         done?;
     }
     let expected = n * args.messages as u64;
-    let drain_end = Instant::now() + DRAIN;
-    while total.load(Ordering::Relaxed) < expected && Instant::now() < drain_end {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    readers.abort_all();
-    while readers.join_next().await.is_some() {}
+    receivers
+        .wait(expected, tokio::time::Instant::now() + DRAIN)
+        .await;
+    let tally = receivers.finish().await?;
 
     let answers = std::mem::take(&mut *answers.lock().unwrap_or_else(|p| p.into_inner()));
     let mut time_to_last = Recorder::new();
@@ -218,11 +271,10 @@ async fn fan_out(args: &BroadcastArgs, plan: &StormPlan) -> anyhow::Result<Broad
         .into_iter()
         .enumerate()
         .map(|(k, a)| {
-            let t = &tracks[k];
-            let deliveries = t.receipts.load(Ordering::Relaxed);
+            let deliveries = tally.counts.get(k).copied().unwrap_or(0);
             let ttl = (deliveries == n).then(|| {
-                let last = Duration::from_nanos(t.last_ns.load(Ordering::Relaxed));
-                let ttl = last.saturating_sub(dues[k]);
+                let last = tally.last_ns.get(k).copied().unwrap_or(0);
+                let ttl = Duration::from_nanos(last.saturating_sub(dues[k]));
                 time_to_last.record(ttl);
                 ttl.as_micros() as u64
             });
@@ -237,41 +289,23 @@ async fn fan_out(args: &BroadcastArgs, plan: &StormPlan) -> anyhow::Result<Broad
         .collect();
     Ok(BroadcastReport {
         connections: args.connections,
+        logged_in: storm.logged_in,
+        login_failures: storm.failures.clone(),
+        bench_procs: procs,
+        logins_per_s: storm.logins_per_s(),
         messages: args.messages,
         interval_ms: args.interval_ms,
         expected,
-        deliveries: total.load(Ordering::Relaxed),
+        deliveries: tally.counts.iter().sum(),
         complete_messages: per_message
             .iter()
             .filter(|m| m.time_to_last_us.is_some())
             .count(),
-        delivery_latency: latency.merged().percentiles(),
+        delivery_latency: tally.latency()?.percentiles(),
         time_to_last: time_to_last.percentiles(),
         http_latency: http_latency.merged().percentiles(),
         per_message,
     })
-}
-
-/// What a bench broadcast carries: its index and due instant.
-struct Stamp {
-    message: usize,
-    /// Due instant, ns since the run's epoch.
-    due_ns: u64,
-}
-
-impl Stamp {
-    fn parse(content: &[u8]) -> Option<Stamp> {
-        let message = u32::from_le_bytes(content.get(..4)?.try_into().ok()?) as usize;
-        let due_ns = u64::from_le_bytes(content.get(4..12)?.try_into().ok()?);
-        Some(Stamp { message, due_ns })
-    }
-
-    fn body(&self, app: u16) -> String {
-        let mut raw = (self.message as u32).to_le_bytes().to_vec();
-        raw.extend_from_slice(&self.due_ns.to_le_bytes());
-        let content = base64::engine::general_purpose::STANDARD.encode(raw);
-        serde_json::json!({"app": app, "to": "all", "content_b64": content}).to_string()
-    }
 }
 
 /// The server's broadcast answer, the part bench reads.
@@ -311,26 +345,5 @@ fn failed(reason: &str) -> Answer {
     Answer {
         http: reason.into(),
         server_delivered: None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_stamp_round_trips_through_the_push_body() {
-        let s = Stamp {
-            message: 7,
-            due_ns: 123_456_789,
-        };
-        let body: serde_json::Value = serde_json::from_str(&s.body(1)).unwrap();
-        assert_eq!(body["to"], "all");
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(body["content_b64"].as_str().unwrap())
-            .unwrap();
-        let back = Stamp::parse(&raw).unwrap();
-        assert_eq!((back.message, back.due_ns), (7, 123_456_789));
-        assert!(Stamp::parse(&raw[..11]).is_none());
     }
 }

@@ -4,13 +4,16 @@
 //! more than the gateway under test costs. A holder keeps only the socket:
 //! it sends a KEEPALIVE now and then, reads and discards whatever the
 //! gateway sends (keepalive replies), and ends when the gateway closes.
+//! Given [`Receipts`], it decodes what arrives instead and counts each
+//! broadcast it receives (`bench broadcast --procs`).
 
 use crate::fleet::Member;
-use bytes::Bytes;
+use crate::receipts::Receipts;
+use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tidegate_proto::{AppCode, Cmd, Frame, Header};
+use tidegate_proto::{pb, AppCode, Cmd, Frame, Header, DEFAULT_MAX_BODY};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -23,17 +26,29 @@ pub struct Holders {
 
 impl Holders {
     /// Holds every member's connection, each sending a KEEPALIVE every
-    /// `keepalive` (spread over the interval so they do not all fire at once).
-    pub fn start(members: Vec<Member>, app: AppCode, keepalive: Duration) -> Holders {
+    /// `keepalive` (spread over the interval so they do not all fire at
+    /// once), and counting broadcasts into `receipts` when given.
+    pub fn start(
+        members: Vec<Member>,
+        app: AppCode,
+        keepalive: Duration,
+        receipts: Option<Arc<Receipts>>,
+    ) -> Holders {
         let open = Arc::new(AtomicUsize::new(members.len()));
         let ping = Frame::empty(Header::new(Cmd::Keepalive, app, 0)).to_bytes();
         let mut tasks = JoinSet::new();
         for m in members {
             let phase = spread(m.index, keepalive);
-            let (ping, open) = (ping.clone(), open.clone());
+            let (ping, open, receipts) = (ping.clone(), open.clone(), receipts.clone());
             let stream = m.client.into_stream();
+            let index = m.index;
             tasks.spawn(async move {
-                hold(stream, ping, keepalive, phase).await;
+                let reader = Reader {
+                    index,
+                    receipts,
+                    rbuf: BytesMut::new(),
+                };
+                hold(stream, ping, keepalive, phase, reader).await;
                 open.fetch_sub(1, Ordering::Relaxed);
             });
         }
@@ -59,12 +74,28 @@ fn spread(index: usize, every: Duration) -> Duration {
     every.mul_f64(frac as f64 / (1u64 << 53) as f64)
 }
 
-async fn hold(mut stream: TcpStream, ping: Bytes, every: Duration, phase: Duration) {
+/// What a holder does with the bytes that arrive.
+struct Reader {
+    /// The client's fleet index (picks a latency stripe).
+    index: usize,
+    /// Count broadcasts here; `None`: discard everything.
+    receipts: Option<Arc<Receipts>>,
+    /// Part of a frame read so far (empty, unallocated, between frames).
+    rbuf: BytesMut,
+}
+
+async fn hold(
+    mut stream: TcpStream,
+    ping: Bytes,
+    every: Duration,
+    phase: Duration,
+    mut reader: Reader,
+) {
     let mut next = tokio::time::Instant::now() + phase;
     loop {
         tokio::select! {
             r = stream.readable() => {
-                if r.is_err() || !drain(&stream) {
+                if r.is_err() || !reader.take(&stream) {
                     return;
                 }
             }
@@ -75,6 +106,42 @@ async fn hold(mut stream: TcpStream, ping: Bytes, every: Duration, phase: Durati
                 next += every;
             }
         }
+    }
+}
+
+impl Reader {
+    /// Reads what is readable; false once the peer has closed (or sent
+    /// bytes that are not frames).
+    fn take(&mut self, stream: &TcpStream) -> bool {
+        let Some(receipts) = &self.receipts else {
+            return drain(stream);
+        };
+        loop {
+            self.rbuf.reserve(4096);
+            match stream.try_read_buf(&mut self.rbuf) {
+                Ok(0) => return false,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return false,
+            }
+        }
+        loop {
+            match Frame::parse(&mut self.rbuf, DEFAULT_MAX_BODY * 16) {
+                Ok(Some(f)) if f.header.cmd == Cmd::S2c => {
+                    if let Ok(push) = f.decode_body::<pb::Push>() {
+                        receipts.record(self.index, &push.content);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => return false,
+            }
+        }
+        if self.rbuf.is_empty() {
+            // Give the allocation back: a held connection keeps no buffer.
+            self.rbuf = BytesMut::new();
+        }
+        true
     }
 }
 

@@ -165,7 +165,7 @@ impl Held {
                 h.close();
                 Ok(open)
             }
-            Held::Workers(s) => s.release().await,
+            Held::Workers(s) => s.release_count().await,
         }
     }
 }
@@ -179,10 +179,10 @@ async fn login_and_hold(
         let (summary, members) = fleet::storm(plan).await?.into_parts();
         Ok((
             summary,
-            Held::Here(Holders::start(members, plan.app, hold.keepalive)),
+            Held::Here(Holders::start(members, plan.app, hold.keepalive, None)),
         ))
     } else {
-        let (summary, workers) = spread::storm(plan, procs, hold).await?;
+        let (summary, workers) = spread::storm(plan, procs, hold, None).await?;
         Ok((summary, Held::Workers(workers)))
     }
 }

@@ -17,6 +17,7 @@ pub mod peers;
 pub mod procfs;
 pub mod procs;
 pub mod push;
+pub mod receipts;
 pub mod report;
 pub mod sources;
 pub mod spread;

@@ -15,8 +15,9 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use serde::de::DeserializeOwned;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 
 /// Descriptors a worker keeps for itself beyond its connections.
 const FD_RESERVE: usize = 1_000;
@@ -66,7 +67,9 @@ pub struct Workers {
 
 struct Worker {
     child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
+    /// The worker's stdout, line by line (read by a task of its own, so
+    /// the parent can wait on any worker without blocking on another).
+    lines: mpsc::UnboundedReceiver<String>,
 }
 
 impl Workers {
@@ -93,10 +96,16 @@ impl Workers {
             }
             let mut child = cmd.spawn().context("starting a bench worker")?;
             let stdout = child.stdout.take().context("worker stdout")?;
-            workers.push(Worker {
-                child,
-                lines: BufReader::new(stdout).lines(),
+            let (tx, lines) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
             });
+            workers.push(Worker { child, lines });
         }
         Ok(Workers { workers })
     }
@@ -119,29 +128,31 @@ impl Workers {
     ) -> anyhow::Result<Vec<T>> {
         let deadline = tokio::time::Instant::now() + within;
         let mut out = Vec::with_capacity(self.workers.len());
-        for (i, w) in self.workers.iter_mut().enumerate() {
-            let line = tokio::time::timeout_at(deadline, w.lines.next_line())
-                .await
-                .with_context(|| format!("bench worker {i} did not report within {within:?}"))?
-                .with_context(|| format!("reading bench worker {i}"))?
-                .with_context(|| format!("bench worker {i} exited before reporting"))?;
-            let report = serde_json::from_str(&line)
-                .with_context(|| format!("bench worker {i} printed {line:?}"))?;
-            out.push(report);
+        for i in 0..self.workers.len() {
+            out.push(self.next_line_of(i, deadline).await?);
         }
         Ok(out)
     }
 
-    /// Closes every worker's stdin (their signal to stop), reads each one's
-    /// last JSON line, and waits for them to exit (killing any still
-    /// running after `grace`).
-    pub async fn release<T: DeserializeOwned>(mut self, grace: Duration) -> anyhow::Result<Vec<T>> {
+    /// Worker `i`'s next JSON line, by `deadline`.
+    pub async fn next_line_of<T: DeserializeOwned>(
+        &mut self,
+        i: usize,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<T> {
+        let w = &mut self.workers[i];
+        let line = tokio::time::timeout_at(deadline, w.lines.recv())
+            .await
+            .with_context(|| format!("bench worker {i} did not report in time"))?
+            .with_context(|| format!("bench worker {i} exited before reporting"))?;
+        serde_json::from_str(&line).with_context(|| format!("bench worker {i} printed {line:?}"))
+    }
+
+    /// Closes every worker's stdin: their signal to report and stop.
+    pub fn release(&mut self) {
         for w in &mut self.workers {
             drop(w.child.stdin.take());
         }
-        let last = self.next_reports(grace).await;
-        self.finish(grace).await;
-        last
     }
 
     /// Closes every worker's stdin (their signal to stop) and waits for

@@ -9,11 +9,13 @@
 use crate::fleet::{self, StormPlan};
 use crate::hold::Holders;
 use crate::procs::{self, Share, Workers};
+use crate::receipts::{Receipts, Tally};
 use crate::{report, Recorder};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidegate_proto::AppCode;
 
@@ -50,6 +52,10 @@ pub struct WorkerArgs {
     /// Longest hold, seconds, should the parent never release the worker.
     #[arg(long)]
     pub max_hold_s: u64,
+    /// Count this many stamped broadcasts (`bench broadcast`) instead of
+    /// discarding what arrives.
+    #[arg(long)]
+    pub receive: Option<usize>,
 }
 
 /// A worker's first line: its storm.
@@ -64,10 +70,16 @@ struct ShareStorm {
     connect_latency: String,
 }
 
-/// A worker's last line, when released: its connections still open.
+/// A worker's later lines: once when it has received every broadcast it
+/// counts (`released` false), and last when released.
 #[derive(Debug, Serialize, Deserialize)]
-struct ShareHeld {
-    open: usize,
+pub struct ShareHeld {
+    /// Connections still open.
+    pub open: usize,
+    /// Broadcast receipts, when counting them.
+    pub tally: Option<Tally>,
+    /// Whether this is the line after release (the last one).
+    pub released: bool,
 }
 
 /// Runs one worker: storm, report, hold until released, report.
@@ -93,14 +105,36 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         latency: storm.latency.to_base64(),
         connect_latency: storm.connect_latency.to_base64(),
     })?;
+    let expected = storm.members.len() as u64 * args.receive.unwrap_or(0) as u64;
+    let receipts = args.receive.map(|m| Arc::new(Receipts::new(m)));
     let holders = Holders::start(
         storm.members,
         plan.app,
         Duration::from_secs(args.keepalive_s.max(1)),
+        receipts.clone(),
     );
-    procs::until_released(Duration::from_secs(args.max_hold_s)).await;
+    let released = procs::until_released(Duration::from_secs(args.max_hold_s));
+    tokio::pin!(released);
+    if let Some(r) = &receipts {
+        let complete = async {
+            while r.total() < expected {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        tokio::select! {
+            _ = &mut released => {}
+            _ = complete => {
+                say(&ShareHeld { open: holders.open(), tally: Some(r.tally()), released: false })?;
+                released.await;
+            }
+        }
+    } else {
+        released.await;
+    }
     say(&ShareHeld {
         open: holders.open(),
+        tally: receipts.map(|r| r.tally()),
+        released: true,
     })?;
     holders.close();
     Ok(())
@@ -152,6 +186,8 @@ impl StormSummary {
 /// Worker processes holding a storm's clients.
 pub struct Spread {
     workers: Workers,
+    /// Which workers have said they received every broadcast.
+    complete: Vec<bool>,
 }
 
 /// How a spread storm holds its clients.
@@ -176,6 +212,7 @@ pub async fn storm(
     plan: &StormPlan,
     procs: usize,
     hold: HoldPlan,
+    receive: Option<usize>,
 ) -> anyhow::Result<(StormSummary, Spread)> {
     let shares: Vec<Share> = procs::shares(plan.connections, plan.connections.div_ceil(procs))
         .into_iter()
@@ -193,7 +230,7 @@ pub async fn storm(
     );
     let n = shares.len();
     let started = Instant::now();
-    let mut workers = Workers::spawn(&shares, |s| worker_args(plan, s, n, hold))?;
+    let mut workers = Workers::spawn(&shares, |s| worker_args(plan, s, n, hold, receive))?;
     let lines: Vec<ShareStorm> = workers
         .next_reports(plan.worst_case() + Duration::from_secs(30))
         .await?;
@@ -216,10 +253,17 @@ pub async fn storm(
             .connect_latency
             .merge(&Recorder::from_base64(&line.connect_latency)?);
     }
-    Ok((summary, Spread { workers }))
+    let complete = vec![false; n];
+    Ok((summary, Spread { workers, complete }))
 }
 
-fn worker_args(plan: &StormPlan, share: &Share, workers: usize, hold: HoldPlan) -> Vec<String> {
+fn worker_args(
+    plan: &StormPlan,
+    share: &Share,
+    workers: usize,
+    hold: HoldPlan,
+    receive: Option<usize>,
+) -> Vec<String> {
     let mut a: Vec<String> = [
         "bench",
         "fleet-worker",
@@ -248,6 +292,9 @@ fn worker_args(plan: &StormPlan, share: &Share, workers: usize, hold: HoldPlan) 
     if let Some(rate) = plan.rate {
         a.extend(["--rate".to_string(), (rate / workers as f64).to_string()]);
     }
+    if let Some(m) = receive {
+        a.extend(["--receive".to_string(), m.to_string()]);
+    }
     a
 }
 
@@ -257,10 +304,44 @@ impl Spread {
         self.workers.len()
     }
 
+    /// Waits until every worker has received every broadcast, or until
+    /// `deadline`; returns whether all did.
+    pub async fn wait_complete(&mut self, deadline: tokio::time::Instant) -> bool {
+        for i in 0..self.complete.len() {
+            if self.complete[i] {
+                continue;
+            }
+            match self.workers.next_line_of::<ShareHeld>(i, deadline).await {
+                Ok(_) => self.complete[i] = true,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
     /// Releases the workers (they close their connections and exit) and
-    /// returns how many connections were still open at that moment.
-    pub async fn release(self) -> anyhow::Result<usize> {
-        let held: Vec<ShareHeld> = self.workers.release(Duration::from_secs(30)).await?;
-        Ok(held.iter().map(|h| h.open).sum())
+    /// returns their last reports: connections still open at that moment,
+    /// and receipts when counting.
+    pub async fn release(mut self) -> anyhow::Result<Vec<ShareHeld>> {
+        const GRACE: Duration = Duration::from_secs(30);
+        self.workers.release();
+        let deadline = tokio::time::Instant::now() + GRACE;
+        let mut last = Vec::with_capacity(self.complete.len());
+        for i in 0..self.complete.len() {
+            loop {
+                let line: ShareHeld = self.workers.next_line_of(i, deadline).await?;
+                if line.released {
+                    last.push(line);
+                    break;
+                }
+            }
+        }
+        self.workers.finish(GRACE).await;
+        Ok(last)
+    }
+
+    /// Releases the workers; returns how many connections were still open.
+    pub async fn release_count(self) -> anyhow::Result<usize> {
+        Ok(self.release().await?.iter().map(|h| h.open).sum())
     }
 }

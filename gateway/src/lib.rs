@@ -5,11 +5,12 @@
 //! logic instance (ARCHITECTURE §2). Shards share nothing on the hot path.
 //!
 //! glommio settings (documented in the README): each executor gets
-//! `io_memory_kib` (default 512 KiB) of registered buffer memory and rings of
-//! `ring_depth` (default 256) entries, so every shard together stays within
-//! the default `ulimit -l` of 8 MiB. (glommio's own default, 10 MiB per
-//! executor, does not fit; glommio then silently falls back to unregistered
-//! buffers.)
+//! `io_memory_kib` (default 512 KiB) of registered buffer memory, so every
+//! shard together stays within the default `ulimit -l` of 8 MiB (glommio's
+//! own default, 10 MiB per executor, does not fit; glommio then silently
+//! falls back to unregistered buffers), and rings of `ring_depth` (default
+//! 4096) entries: the kernel sizes a ring's cancel hash from it, and a small
+//! hash makes every cancel walk a chain of all pending receives.
 
 mod admin;
 pub mod config;

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The C1M run: a million logged-in connections held for 60 s on this one
+# host. Starts its own redis-server, one logic shim and a gateway
+# supervisor with enough worker processes to stay under the 20,000-files
+# limit per process; `tidegate bench idle` spreads the clients over ~53
+# bench processes and 84 loopback source addresses. Everything it starts is
+# stopped on exit. Needs ~16 GiB free; takes ~8-10 minutes on 2 cores.
+#
+#   bench/scripts/c1m.sh [CONNECTIONS] [OUT.json]
+#   RATE=2200 bench/scripts/c1m.sh ...          logins per second (open loop)
+#   SCENARIO=broadcast bench/scripts/c1m.sh ... broadcast to all N instead of idle
+set -euo pipefail
+N=${1:-1000000}
+OUT=${2:-bench/results/c1m-$N.json}
+BIN=${TIDEGATE:-target/release/tidegate}
+WORKERS=${WORKERS:-$(( (N + 17999) / 18000 ))}
+HOLD_S=${HOLD_S:-60}
+DIR=$(mktemp -d /tmp/tidegate-c1m.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    sleep 3
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    # Keep the last run's server logs for a look at any failures.
+    rm -rf /tmp/tidegate-c1m-last-logs
+    mkdir -p /tmp/tidegate-c1m-last-logs
+    cp "$DIR"/*.log /tmp/tidegate-c1m-last-logs/ 2>/dev/null || true
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+REDIS_PORT=$(free_port); CLIENT_PORT=$(free_port); LINK_PORT=$(free_port); HTTP_PORT=$(free_port)
+# Worker i's admin port is the base + i: keep the range clear of the others.
+ADMIN_BASE=$(( 20000 + RANDOM % 20000 ))
+
+cat > "$DIR/tidegate.toml" <<TOML
+[gateway]
+client_addr = "127.0.0.1:$CLIENT_PORT"
+admin_addr = "127.0.0.1:$ADMIN_BASE"
+logic = ["127.0.0.1:$LINK_PORT"]
+# Held connections send a keepalive every 240 s (bench --keepalive-s).
+keepalive_s = 300
+idle_timeout_s = 900
+# Each connection's pending receive sits in the ring's cancel hash, whose
+# buckets grow with the ring (up to 256 at 4096 entries); every cancel walks
+# one bucket, so 16 buckets made each login cost O(connections).
+ring_depth = ${RING_DEPTH:-4096}
+
+[logic]
+link_addr = "127.0.0.1:$LINK_PORT"
+http_addr = "127.0.0.1:$HTTP_PORT"
+
+[[apps]]
+code = 1
+secrets = ["tidegate-dev-secret-app-1"]
+api_key = "tidegate-dev-api-key-app-1"
+TOML
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize yes --logfile "$DIR/redis.log" --dir "$DIR"
+for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+"$BIN" logic -c "$DIR/tidegate.toml" --redis "redis://127.0.0.1:$REDIS_PORT" >"$DIR/logic.log" 2>&1 &
+PIDS+=($!)
+"$BIN" gateway -c "$DIR/tidegate.toml" --workers "$WORKERS" >"$DIR/gateway.log" 2>&1 &
+GATEWAY=$!
+PIDS+=("$GATEWAY")
+for _ in $(seq 300); do grep -q '^ready' "$DIR/gateway.log" && break; sleep 0.2; done
+grep -q '^ready' "$DIR/gateway.log" || { tail -20 "$DIR/gateway.log"; exit 1; }
+
+RATE_ARGS=()
+[ -n "${RATE:-}" ] && RATE_ARGS=(--rate "$RATE")
+case "${SCENARIO:-idle}" in
+idle)
+    "$BIN" bench idle --target "127.0.0.1:$CLIENT_PORT" --gateway-pid "$GATEWAY" \
+        --connections "$N" --hold-s "$HOLD_S" --keepalive-s 240 \
+        --concurrency "${CONCURRENCY:-4000}" "${RATE_ARGS[@]}" --json "$OUT" >/dev/null
+    ;;
+broadcast)
+    "$BIN" bench broadcast --target "127.0.0.1:$CLIENT_PORT" --http "127.0.0.1:$HTTP_PORT" \
+        --connections "$N" --messages "${MESSAGES:-5}" --interval-ms "${INTERVAL_MS:-5000}" \
+        --concurrency "${CONCURRENCY:-4000}" ${RATE:+--login-rate "$RATE"} --json "$OUT" >/dev/null
+    ;;
+*) echo "SCENARIO is idle or broadcast" >&2; exit 2 ;;
+esac
+python3 - "$OUT" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+r.pop("samples", None)
+r.pop("per_message", None)
+print(json.dumps(r, indent=1))
+PY
+echo "redis used_memory: $(redis-cli -p "$REDIS_PORT" info memory | grep '^used_memory:' | tr -d '\r')"

@@ -1,0 +1,192 @@
+//! What a broadcast carries and how its receipts are counted, in one
+//! process or over many: each push's content is a [`Stamp`] (message index,
+//! due instant on the host's monotonic clock, which every process of the
+//! run shares), and [`Receipts`] counts per message how many clients got it
+//! and when the last one did.
+
+use crate::report::SharedRecorder;
+use crate::Recorder;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Nanoseconds on CLOCK_MONOTONIC: the same clock in every process of a
+/// run (std's `Instant` reads it too, but cannot be sent to another process).
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What a bench broadcast carries: its index and due instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Position in the run.
+    pub message: usize,
+    /// Due instant, [`mono_ns`].
+    pub due_ns: u64,
+}
+
+impl Stamp {
+    /// Reads a stamp from a push's content; `None` for foreign content.
+    pub fn parse(content: &[u8]) -> Option<Stamp> {
+        let message = u32::from_le_bytes(content.get(..4)?.try_into().ok()?) as usize;
+        let due_ns = u64::from_le_bytes(content.get(4..12)?.try_into().ok()?);
+        Some(Stamp { message, due_ns })
+    }
+
+    /// The JSON body of a `POST /v1/push` to every user of `app`.
+    pub fn body(&self, app: u16) -> String {
+        let mut raw = (self.message as u32).to_le_bytes().to_vec();
+        raw.extend_from_slice(&self.due_ns.to_le_bytes());
+        let content = base64::engine::general_purpose::STANDARD.encode(raw);
+        serde_json::json!({"app": app, "to": "all", "content_b64": content}).to_string()
+    }
+}
+
+/// Receipts of every message of a run, updated by every client's reader.
+pub struct Receipts {
+    counts: Vec<AtomicU64>,
+    /// Latest receipt per message, [`mono_ns`].
+    last_ns: Vec<AtomicU64>,
+    total: AtomicU64,
+    latency: SharedRecorder,
+}
+
+impl Receipts {
+    /// Nothing received yet of `messages` messages.
+    pub fn new(messages: usize) -> Receipts {
+        Receipts {
+            counts: (0..messages).map(|_| AtomicU64::new(0)).collect(),
+            last_ns: (0..messages).map(|_| AtomicU64::new(0)).collect(),
+            total: AtomicU64::new(0),
+            latency: SharedRecorder::new(),
+        }
+    }
+
+    /// Counts client `key`'s receipt of a push with this content; foreign
+    /// content and unknown messages are ignored.
+    pub fn record(&self, key: usize, content: &[u8]) {
+        let Some(stamp) = Stamp::parse(content) else {
+            return;
+        };
+        let (Some(count), Some(last)) = (
+            self.counts.get(stamp.message),
+            self.last_ns.get(stamp.message),
+        ) else {
+            return;
+        };
+        let now = mono_ns();
+        self.latency
+            .record(key, Duration::from_nanos(now.saturating_sub(stamp.due_ns)));
+        count.fetch_add(1, Ordering::Relaxed);
+        last.fetch_max(now, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Receipts of every message together.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// A snapshot that crosses processes and merges.
+    pub fn tally(&self) -> Tally {
+        Tally {
+            counts: self
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            last_ns: self
+                .last_ns
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            latency: self.latency.merged().to_base64(),
+        }
+    }
+}
+
+/// Receipts of one process, as a worker reports them.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Tally {
+    /// Receipts per message.
+    pub counts: Vec<u64>,
+    /// Latest receipt per message, [`mono_ns`] (0: none).
+    pub last_ns: Vec<u64>,
+    /// Due → receipt latency, HdrHistogram V2, base64.
+    pub latency: String,
+}
+
+impl Tally {
+    /// Adds another process's receipts: counts summed, latest kept,
+    /// histograms added.
+    pub fn merge(&mut self, other: &Tally) -> anyhow::Result<()> {
+        let n = self.counts.len().max(other.counts.len());
+        self.counts.resize(n, 0);
+        self.last_ns.resize(n, 0);
+        for (i, c) in other.counts.iter().enumerate() {
+            self.counts[i] += c;
+        }
+        for (i, l) in other.last_ns.iter().enumerate() {
+            self.last_ns[i] = self.last_ns[i].max(*l);
+        }
+        let mut latency = self.latency()?;
+        latency.merge(&other.latency()?);
+        self.latency = latency.to_base64();
+        Ok(())
+    }
+
+    /// The due → receipt histogram.
+    pub fn latency(&self) -> anyhow::Result<Recorder> {
+        if self.latency.is_empty() {
+            return Ok(Recorder::new());
+        }
+        Recorder::from_base64(&self.latency)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_round_trips_through_the_push_body() {
+        let s = Stamp {
+            message: 7,
+            due_ns: 123_456_789,
+        };
+        let body: serde_json::Value = serde_json::from_str(&s.body(1)).unwrap();
+        assert_eq!(body["to"], "all");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(body["content_b64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(Stamp::parse(&raw), Some(s));
+        assert!(Stamp::parse(&raw[..11]).is_none());
+    }
+
+    #[test]
+    fn tallies_of_two_processes_merge() {
+        let (a, b) = (Receipts::new(2), Receipts::new(2));
+        let stamp = |m| {
+            let mut raw = (m as u32).to_le_bytes().to_vec();
+            raw.extend_from_slice(&mono_ns().to_le_bytes());
+            raw
+        };
+        a.record(0, &stamp(0));
+        b.record(1, &stamp(0));
+        b.record(1, &stamp(1));
+        b.record(1, b"foreign");
+        b.record(1, &stamp(9));
+        let mut t = a.tally();
+        t.merge(&b.tally()).unwrap();
+        assert_eq!(t.counts, vec![2, 1]);
+        assert!(t.last_ns[0] >= a.tally().last_ns[0] && t.last_ns[1] > 0);
+        assert_eq!(t.latency().unwrap().percentiles().count, 3);
+    }
+}
