@@ -328,6 +328,11 @@ fn memory_vs_n(page: &mut Page, inputs: &[Input], kinds: &[Kind]) {
             points: points.iter().map(|(n, b, _)| (*n, *b)).collect(),
         });
     }
+    // N from thousands to a million reads on a log axis; a few 10k apart, linear.
+    let log_x = ns
+        .first()
+        .zip(ns.last())
+        .is_some_and(|(lo, hi)| *lo > 0.0 && hi / lo > 20.0);
     page.raw(&svg::line_chart(&LineChart {
         title: "Bytes per connection against N".into(),
         x_label: "connections held (N)".into(),
@@ -335,6 +340,7 @@ fn memory_vs_n(page: &mut Page, inputs: &[Input], kinds: &[Kind]) {
         y_label: "bytes per connection".into(),
         y_unit: Unit::Bytes,
         log_y: false,
+        log_x,
         series: lines,
     }));
     page.table(&["server", "N", "bytes/conn", "file"], &rows);

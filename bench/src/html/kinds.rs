@@ -345,6 +345,7 @@ fn per_message(page: &mut Page, v: &Value) {
         y_label: "time to last".into(),
         y_unit: Unit::Micros,
         log_y: true,
+        log_x: false,
         series: vec![Series {
             name: "time to last".into(),
             points,
@@ -426,6 +427,7 @@ fn time_series(page: &mut Page, v: &Value) {
                 y_label: field.to_string(),
                 y_unit: unit,
                 log_y: false,
+                log_x: false,
                 series: vec![Series {
                     name: field.to_string(),
                     points,

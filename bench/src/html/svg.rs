@@ -53,6 +53,8 @@ pub struct LineChart {
     pub y_unit: Unit,
     /// Log-scale y axis.
     pub log_y: bool,
+    /// Log-scale x axis (N from thousands to a million).
+    pub log_x: bool,
     /// The lines.
     pub series: Vec<Series>,
 }
@@ -107,7 +109,7 @@ pub fn line_chart(c: &LineChart) -> String {
     let (f, mut out) = open(&c.title, &names);
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
-    let x = Scale::fit(xs, false, c.x_unit, LEFT, WIDTH - RIGHT);
+    let x = Scale::fit(xs, c.log_x, c.x_unit, LEFT, WIDTH - RIGHT);
     let y = Scale::fit(ys, c.log_y, c.y_unit, f.bottom, f.top);
     let (Some(x), Some(y)) = (x, y) else {
         return close(out, &f, "no drawable values");
@@ -333,6 +335,7 @@ mod tests {
             y_label: "y".into(),
             y_unit: Unit::Bytes,
             log_y,
+            log_x: false,
             series: vec![Series {
                 name: "s".into(),
                 points,
@@ -436,6 +439,7 @@ mod tests {
             y_label: "y & z".into(),
             y_unit: Unit::Plain,
             log_y: false,
+            log_x: false,
             series: vec![Series {
                 name: "</svg><img src=x>".into(),
                 points: vec![(0.0, 1.0)],
@@ -468,6 +472,7 @@ mod tests {
             y_label: "y".into(),
             y_unit: Unit::Plain,
             log_y: false,
+            log_x: false,
             series: many,
         });
         assert!(

@@ -200,6 +200,14 @@ fn memory_per_connection_is_drawn_against_n() {
     ]);
     assert!(two.contains("Memory per connection against N"));
     assert!(two.contains("19,000"));
+    // From a thousand to a million, N is drawn on a log axis.
+    let wide = page(&[
+        input("a.json", idle(1000, 1500.0)),
+        input("c1m.json", idle(1_000_000, 1420.0)),
+    ]);
+    for tick in [">1k<", ">10k<", ">100k<", ">1M<"] {
+        assert!(wide.contains(tick), "{tick}");
+    }
 }
 
 #[test]
