@@ -43,11 +43,19 @@ enum Command {
     Token(TokenArgs),
     /// Logs in over TCP and prints what arrives.
     Client(cli_client::ClientArgs),
-    /// Load scenarios against a running gateway (loopback only).
-    #[command(subcommand)]
-    Bench(BenchCmd),
+    /// Load scenarios against a running gateway (loopback only), and their HTML report.
+    Bench(BenchArgs),
     /// Checks this host's kernel settings and limits for N connections; exits 1 if any blocks.
     Preflight(preflight::PreflightArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// No progress bars on stderr (they are hidden anyway when stderr is not a terminal).
+    #[arg(long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: BenchCmd,
 }
 
 #[derive(Subcommand)]
@@ -64,6 +72,8 @@ enum BenchCmd {
     Broadcast(tidegate_bench::broadcast::BroadcastArgs),
     /// Ack-requested C2S from N clients: ingest rate, ack latency, errors by code.
     C2s(tidegate_bench::c2s::C2sArgs),
+    /// One self-contained HTML page (tables, SVG charts) from the scenarios' JSON files.
+    Report(tidegate_bench::html::ReportArgs),
     /// Internal: one worker process of a scenario's `--procs` fleet.
     #[command(hide = true)]
     FleetWorker(tidegate_bench::spread::WorkerArgs),
@@ -178,7 +188,7 @@ fn main() -> anyhow::Result<()> {
         Command::Token(a) => token(a),
         Command::Client(a) => cli_client::run(a),
         Command::Preflight(a) => preflight::run(a),
-        Command::Bench(scenario) => bench(scenario),
+        Command::Bench(args) => bench(args),
     }
 }
 
@@ -422,19 +432,25 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one bench scenario and prints its report as JSON.
-fn bench(scenario: BenchCmd) -> anyhow::Result<()> {
+/// Runs one bench scenario and prints its report as JSON, or writes the
+/// HTML report of earlier runs.
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
     use tidegate_bench as b;
-    let rt = runtime()?;
-    let report = match scenario {
+    b::report::set_quiet(args.quiet);
+    let report = match args.cmd {
         // A worker speaks JSON lines to its parent as it goes.
-        BenchCmd::FleetWorker(a) => return rt.block_on(b::spread::worker(a)),
-        BenchCmd::Idle(a) => serde_json::to_value(rt.block_on(b::idle::run(a))?),
-        BenchCmd::Push(a) => serde_json::to_value(rt.block_on(b::push::run(a))?),
-        BenchCmd::Peers(a) => serde_json::to_value(rt.block_on(b::peers::run(a))?),
-        BenchCmd::Connect(a) => serde_json::to_value(rt.block_on(b::connect::run(a))?),
-        BenchCmd::Broadcast(a) => serde_json::to_value(rt.block_on(b::broadcast::run(a))?),
-        BenchCmd::C2s(a) => serde_json::to_value(rt.block_on(b::c2s::run(a))?),
+        BenchCmd::FleetWorker(a) => return runtime()?.block_on(b::spread::worker(a)),
+        BenchCmd::Idle(a) => serde_json::to_value(runtime()?.block_on(b::idle::run(a))?),
+        BenchCmd::Push(a) => serde_json::to_value(runtime()?.block_on(b::push::run(a))?),
+        BenchCmd::Peers(a) => serde_json::to_value(runtime()?.block_on(b::peers::run(a))?),
+        BenchCmd::Connect(a) => serde_json::to_value(runtime()?.block_on(b::connect::run(a))?),
+        BenchCmd::Broadcast(a) => serde_json::to_value(runtime()?.block_on(b::broadcast::run(a))?),
+        BenchCmd::C2s(a) => serde_json::to_value(runtime()?.block_on(b::c2s::run(a))?),
+        BenchCmd::Report(a) => {
+            let files = b::html::run(&a)?;
+            println!("{}: report of {files} files", a.out.display());
+            return Ok(());
+        }
     }?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

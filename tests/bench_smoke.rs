@@ -13,10 +13,12 @@ fn bench(args: &[&str]) -> Value {
         .args(args)
         .output()
         .expect("tidegate bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench {args:?}: {stderr}");
+    // stderr is a pipe here, not a terminal: no progress bar may be drawn.
     assert!(
-        out.status.success(),
-        "bench {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        !stderr.contains("connect+login") && !stderr.contains("hold (s)"),
+        "bench {args:?} drew a progress bar off a terminal: {stderr}"
     );
     serde_json::from_slice(&out.stdout).expect("a JSON report")
 }
@@ -289,6 +291,49 @@ fn c2s_reports_refusals_by_error_code() {
         r["sent"].as_u64().unwrap(),
         "{r}"
     );
+}
+
+#[test]
+fn report_renders_result_files_as_one_html_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let idle = dir.path().join("idle.json");
+    std::fs::write(
+        &idle,
+        r#"{"requested": 50, "logged_in": 50, "failures": {}, "login_rate_per_s": 900.5,
+            "login_latency": {"count": 50, "p50_us": 800, "p90_us": 1500, "p99_us": 2100, "p999_us": 2100, "max_us": 2100},
+            "gateway_bytes_per_conn": 1500.0,
+            "samples": [{"t_s": 1.0, "gateway_rss": 9000000, "tcp_inuse": 100},
+                        {"t_s": 2.0, "gateway_rss": 9100000, "tcp_inuse": 100}]}"#,
+    )
+    .unwrap();
+    let other = dir.path().join("other <b>.json");
+    std::fs::write(&other, r#"{"what": "<script>alert(1)</script>", "n": 3}"#).unwrap();
+    let out = dir.path().join("report.html");
+    let run = Command::new(BIN)
+        .args(["bench", "report", "--title", "smoke", "--out"])
+        .arg(&out)
+        .arg(&idle)
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let html = std::fs::read_to_string(&out).expect("the report was written");
+    assert!(html.contains("<svg"), "{html}");
+    assert!(html.contains("idle.json") && html.contains("other &lt;b&gt;.json"));
+    assert!(!html.contains("<script") && !html.contains("https://"));
+
+    let missing = Command::new(BIN)
+        .args(["bench", "report", "--out"])
+        .arg(&out)
+        .arg(dir.path().join("missing.json"))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("missing.json"));
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 use crate::pace::{Pacer, Schedule};
 use crate::{report, sources, Recorder};
+use indicatif::ProgressBar;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -120,6 +121,7 @@ pub async fn storm(plan: &StormPlan) -> anyhow::Result<Storm> {
         connect_latency: Recorder::new(),
         elapsed: Duration::ZERO,
     };
+    let bar = report::progress(plan.connections as u64, "connect+login");
     let mut attempts = JoinSet::new();
     for i in plan.first..plan.first + plan.connections {
         let due = match &mut pacer {
@@ -141,11 +143,11 @@ pub async fn storm(plan: &StormPlan) -> anyhow::Result<Storm> {
             }
         });
         while let Some(done) = attempts.try_join_next() {
-            out.absorb(done?);
+            out.absorb(done?, &bar);
         }
     }
     while let Some(done) = attempts.join_next().await {
-        out.absorb(done?);
+        out.absorb(done?, &bar);
     }
     out.elapsed = started.elapsed();
     out.members.sort_by_key(|m| m.index);
@@ -168,7 +170,7 @@ pub struct LoggedIn {
 }
 
 impl Storm {
-    fn absorb(&mut self, a: Attempt) {
+    fn absorb(&mut self, a: Attempt, bar: &ProgressBar) {
         match a.result {
             Ok(ok) => {
                 self.latency.record(a.took);
@@ -180,6 +182,11 @@ impl Storm {
             }
             Err(f) => *self.failures.entry(f.label()).or_insert(0) += 1,
         }
+        if !bar.is_hidden() {
+            let failed: u64 = self.failures.values().sum();
+            bar.set_message(format!("{} logged in, {failed} failed", self.members.len()));
+        }
+        bar.inc(1);
     }
 }
 

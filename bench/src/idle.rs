@@ -214,8 +214,12 @@ async fn hold(
     let slab_idle = procfs::tcp_slab_bytes();
     let meminfo_idle = procfs::meminfo_slab_bytes();
     let mut samples = Vec::new();
-    let hold_end = Instant::now() + Duration::from_secs(args.hold_s);
+    let hold_start = Instant::now();
+    let hold_end = hold_start + Duration::from_secs(args.hold_s);
+    let bar = report::progress(args.hold_s, "hold (s)");
+    bar.set_message(format!("{} connections idle", storm.logged_in));
     loop {
+        bar.set_position(hold_start.elapsed().as_secs());
         let sock = procfs::sockstat().unwrap_or_default();
         samples.push(Sample {
             t_s: started.elapsed().as_secs_f64(),
@@ -229,6 +233,7 @@ async fn hold(
         }
         tokio::time::sleep(Duration::from_secs(1).min(hold_end - now)).await;
     }
+    bar.finish_and_clear();
     let held_at_end = held.release().await?;
 
     let n = storm.logged_in.max(1) as f64;

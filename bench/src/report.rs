@@ -1,13 +1,16 @@
 //! What every scenario shares around its run: the loopback-only and bounds
 //! checks made before anything is opened, the hard overall deadline, the
-//! `--json` file, and a latency recorder that many tasks write at once.
+//! `--json` file, a latency recorder that many tasks write at once, and the
+//! progress bar of a long step.
 
 use crate::Recorder;
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 use serde::Serialize;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -58,6 +61,35 @@ pub fn write_json(path: Option<&Path>, report: &impl Serialize) -> anyhow::Resul
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// `--quiet`: no progress bars. Process-wide because every bar comes from
+/// [`progress`] and the flag is set once, before a scenario starts.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Turns progress bars off (`tidegate bench --quiet`).
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// A progress bar of `len` steps on stderr, prefixed `what`, cleared when
+/// dropped. Hidden when stderr is not a terminal (scripts, tests, `2> log`:
+/// the JSON on stdout and any log stay clean) and with `--quiet`. indicatif
+/// redraws at most 20 times a second, so a step costs an atomic add and a
+/// lock, not a write.
+pub fn progress(len: u64, what: &str) -> ProgressBar {
+    let target = if QUIET.load(Ordering::Relaxed) {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    ProgressBar::with_draw_target(Some(len), target)
+        .with_style(style)
+        .with_prefix(what.to_string())
+        .with_finish(ProgressFinish::AndClear)
 }
 
 /// Stripes of one recorder, written by many tasks at once. Each task picks
@@ -146,6 +178,20 @@ mod tests {
         let p = r.merged().percentiles();
         assert_eq!(p.count, 100);
         assert!(p.p50_us >= 90 && p.max_us >= 149, "{p:?}");
+    }
+
+    #[test]
+    fn progress_is_hidden_off_a_terminal_and_when_quiet() {
+        use std::io::IsTerminal;
+        let bar = progress(10, "test");
+        bar.inc(3);
+        assert_eq!(bar.position(), 3);
+        if !std::io::stderr().is_terminal() {
+            assert!(bar.is_hidden());
+        }
+        set_quiet(true);
+        assert!(progress(1, "quiet").is_hidden());
+        set_quiet(false);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::fleet::{self, StormPlan};
 use crate::hold::Holders;
 use crate::procs::{self, Share, Workers};
 use crate::receipts::{Receipts, Tally};
-use crate::Recorder;
+use crate::{report, Recorder};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -84,6 +84,9 @@ pub struct ShareHeld {
 
 /// Runs one worker: storm, report, hold until released, report.
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    // Workers inherit the parent's stderr: a bar from each on one terminal
+    // would overwrite the others', so only the parent draws.
+    report::set_quiet(true);
     let plan = StormPlan {
         target: args.target,
         first: args.first,
