@@ -132,6 +132,47 @@ impl EmbeddedStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("embedded store read task: {e}")))?
     }
+
+    /// Runs a small read transaction on the calling task. A point read of
+    /// a few keys takes microseconds from redb's cached pages, less than
+    /// the hand-off to the blocking pool and back (two thread wake-ups per
+    /// single-target push).
+    fn read_inline<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        f(&self.db.begin_read().map_err(storage)?)
+    }
+}
+
+/// Presence reads of at most this many users run on the calling task.
+const INLINE_READ_MAX: usize = 16;
+
+/// Uids whose sessions went with a dead gate: (uid, session key, epoch).
+type DeadSessions = Vec<(String, String, u64)>;
+
+/// Each uid's sessions on live gates, and the sessions of dead gates.
+fn live_sessions(
+    txn: &redb::ReadTransaction,
+    app: AppCode,
+    uids: &[String],
+) -> Result<(Vec<Vec<SessionRecord>>, DeadSessions), StoreError> {
+    let live = live_gate_ids(txn, now_ms())?;
+    let table = txn.open_table(PRESENCE).map_err(storage)?;
+    let mut out = Vec::with_capacity(uids.len());
+    let mut dead = Vec::new();
+    for uid in uids {
+        let mut sessions = Vec::new();
+        for record in user_sessions(&table, app, uid)? {
+            if session_is_live(&record, &live) {
+                sessions.push(record);
+            } else {
+                dead.push((uid.clone(), record.key().to_string(), record.epoch));
+            }
+        }
+        out.push(sessions);
+    }
+    Ok((out, dead))
 }
 
 impl Drop for EmbeddedStore {
@@ -204,27 +245,12 @@ impl Store for EmbeddedStore {
         app: AppCode,
         uids: &[String],
     ) -> Result<Vec<Vec<SessionRecord>>, StoreError> {
-        let uids = uids.to_vec();
-        let (out, dead) = self
-            .read(move |txn| {
-                let live = live_gate_ids(txn, now_ms())?;
-                let table = txn.open_table(PRESENCE).map_err(storage)?;
-                let mut out = Vec::with_capacity(uids.len());
-                let mut dead = Vec::new();
-                for uid in &uids {
-                    let mut sessions = Vec::new();
-                    for record in user_sessions(&table, app, uid)? {
-                        if session_is_live(&record, &live) {
-                            sessions.push(record);
-                        } else {
-                            dead.push((uid.clone(), record.key().to_string(), record.epoch));
-                        }
-                    }
-                    out.push(sessions);
-                }
-                Ok((out, dead))
-            })
-            .await?;
+        let (out, dead) = if uids.len() <= INLINE_READ_MAX {
+            self.read_inline(|txn| live_sessions(txn, app, uids))?
+        } else {
+            let uids = uids.to_vec();
+            self.read(move |txn| live_sessions(txn, app, &uids)).await?
+        };
         // Lazy cleanup of dead gates' sessions: queued, never awaited, each
         // fenced by its epoch; if the queue is full the next read retries.
         if let Some(writes) = &self.writes {
