@@ -43,8 +43,13 @@ pub struct Percentiles {
     pub max_us: u64,
 }
 
-/// Records latencies into an HdrHistogram (1 µs to 60 s, 3 significant
-/// digits). Recorders of several threads or processes are merged by adding
+/// The largest latency a [`Recorder`] tells apart, µs (10 minutes, the
+/// longest run): anything longer is recorded as this. At 60 s a broadcast
+/// to a million, whose last receipt came after 56–83 s, reported 60.0 s.
+pub const MAX_LATENCY_US: u64 = 600_000_000;
+
+/// Records latencies into an HdrHistogram (1 µs to [`MAX_LATENCY_US`], 3
+/// significant digits). Recorders of several threads or processes are merged by adding
 /// histograms, never by averaging percentiles.
 pub struct Recorder {
     hist: Histogram<u64>,
@@ -60,13 +65,14 @@ impl Recorder {
     /// An empty recorder.
     pub fn new() -> Recorder {
         Recorder {
-            hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid"),
+            hist: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("static bounds are valid"),
         }
     }
 
     /// Records one latency (clamped to the histogram's range).
     pub fn record(&mut self, latency: Duration) {
-        let us = (latency.as_micros() as u64).clamp(1, 60_000_000);
+        let us = (latency.as_micros() as u64).clamp(1, MAX_LATENCY_US);
         self.hist.saturating_record(us);
     }
 
@@ -78,7 +84,7 @@ impl Recorder {
     /// request is measured, so nothing is omitted and correcting again would
     /// count each stall twice.
     pub fn record_corrected(&mut self, latency: Duration, interval: Duration) {
-        let us = (latency.as_micros() as u64).clamp(1, 60_000_000);
+        let us = (latency.as_micros() as u64).clamp(1, MAX_LATENCY_US);
         let expected = (interval.as_micros() as u64).max(1);
         let _ = self.hist.record_correct(us, expected);
     }
