@@ -12,12 +12,11 @@
 //! gateway no other client of that app uses: strangers would be counted by
 //! the server (`server_delivered`) but not by bench.
 
-use crate::fleet::{self, StormPlan};
-use crate::hold::Holders;
+use crate::fleet::StormPlan;
 use crate::pace::{Pacer, Schedule};
-use crate::receipts::{mono_ns, Receipts, Stamp, Tally};
+use crate::receipts::{mono_ns, Stamp};
 use crate::report::{self, Server, SharedRecorder};
-use crate::spread::{self, HoldPlan, Spread};
+use crate::spread::{self, Fleet, HoldPlan};
 use crate::{Percentiles, Recorder};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -153,49 +152,6 @@ struct Answer {
     server_delivered: Option<u64>,
 }
 
-/// Where the receiving clients live.
-enum Receivers {
-    /// In this process, counting into these receipts.
-    Here(Holders, Arc<Receipts>),
-    /// In worker processes, each counting its own.
-    Workers(Spread),
-}
-
-impl Receivers {
-    /// Waits until every client has every message or `deadline` passes.
-    async fn wait(&mut self, expected: u64, deadline: tokio::time::Instant) {
-        match self {
-            Receivers::Here(_, r) => {
-                while r.total() < expected && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-            Receivers::Workers(s) => {
-                s.wait_complete(deadline).await;
-            }
-        }
-    }
-
-    /// Closes every connection; returns the receipts of all processes.
-    async fn finish(self) -> anyhow::Result<Tally> {
-        match self {
-            Receivers::Here(h, r) => {
-                h.close();
-                Ok(r.tally())
-            }
-            Receivers::Workers(s) => {
-                let mut all = Tally::default();
-                for last in s.release().await? {
-                    if let Some(t) = last.tally {
-                        all.merge(&t)?;
-                    }
-                }
-                Ok(all)
-            }
-        }
-    }
-}
-
 /// Keepalive interval of the receiving clients: the run is shorter than
 /// any gateway's idle timeout, but keep the sessions honest anyway.
 const KEEPALIVE: Duration = Duration::from_secs(20);
@@ -206,19 +162,11 @@ async fn fan_out(
     procs: usize,
     limit: Duration,
 ) -> anyhow::Result<BroadcastReport> {
-    let (storm, mut receivers) = if procs == 1 {
-        let (storm, members) = fleet::storm(plan).await?.into_parts();
-        let receipts = Arc::new(Receipts::new(args.messages));
-        let holders = Holders::start(members, plan.app, KEEPALIVE, Some(receipts.clone()));
-        (storm, Receivers::Here(holders, receipts))
-    } else {
-        let hold = HoldPlan {
-            keepalive: KEEPALIVE,
-            max_hold: limit,
-        };
-        let (storm, spread) = spread::storm(plan, procs, hold, Some(args.messages)).await?;
-        (storm, Receivers::Workers(spread))
+    let hold = HoldPlan {
+        keepalive: KEEPALIVE,
+        max_hold: limit,
     };
+    let (storm, mut receivers) = Fleet::start(plan, procs, hold, Some(args.messages)).await?;
     // At a million, a few logins may fail on a saturated host: broadcast to
     // those that made it and say how many did not.
     anyhow::ensure!(
@@ -264,12 +212,12 @@ async fn fan_out(
     }
     let expected = n * args.messages as u64;
     receivers
-        .wait(
+        .wait_complete(
             expected,
             tokio::time::Instant::now() + Duration::from_secs(args.drain_s),
         )
         .await;
-    let tally = receivers.finish().await?;
+    let tally = receivers.release().await?.tally.unwrap_or_default();
 
     let answers = std::mem::take(&mut *answers.lock().unwrap_or_else(|p| p.into_inner()));
     let mut time_to_last = Recorder::new();

@@ -5,10 +5,9 @@
 //! descriptor limit the clients are spread over `--procs` bench processes
 //! (the C1M run: a million connections, ~53 of them).
 
-use crate::fleet::{self, StormPlan};
-use crate::hold::Holders;
+use crate::fleet::StormPlan;
 use crate::procfs::{self, SockStat};
-use crate::spread::{self, HoldPlan, Spread, StormSummary};
+use crate::spread::{self, Fleet, HoldPlan};
 use crate::{report, Percentiles};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -148,45 +147,6 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleReport> {
     report::within(limit, hold(args, plan, procs, limit)).await
 }
 
-/// Where the held clients live.
-enum Held {
-    /// In this process.
-    Here(Holders),
-    /// In worker processes.
-    Workers(Spread),
-}
-
-impl Held {
-    /// Closes every connection; returns how many were still open.
-    async fn release(self) -> anyhow::Result<usize> {
-        match self {
-            Held::Here(h) => {
-                let open = h.open();
-                h.close();
-                Ok(open)
-            }
-            Held::Workers(s) => s.release_count().await,
-        }
-    }
-}
-
-async fn login_and_hold(
-    plan: &StormPlan,
-    procs: usize,
-    hold: HoldPlan,
-) -> anyhow::Result<(StormSummary, Held)> {
-    if procs == 1 {
-        let (summary, members) = fleet::storm(plan).await?.into_parts();
-        Ok((
-            summary,
-            Held::Here(Holders::start(members, plan.app, hold.keepalive, None)),
-        ))
-    } else {
-        let (summary, workers) = spread::storm(plan, procs, hold, None).await?;
-        Ok((summary, Held::Workers(workers)))
-    }
-}
-
 async fn hold(
     args: IdleArgs,
     plan: StormPlan,
@@ -205,7 +165,7 @@ async fn hold(
         keepalive: Duration::from_secs(args.keepalive_s),
         max_hold: limit,
     };
-    let (storm, held) = login_and_hold(&plan, procs, hold_plan).await?;
+    let (storm, held) = Fleet::start(&plan, procs, hold_plan, None).await?;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = gateway(args.gateway_pid);
@@ -234,7 +194,7 @@ async fn hold(
         tokio::time::sleep(Duration::from_secs(1).min(hold_end - now)).await;
     }
     bar.finish_and_clear();
-    let held_at_end = held.release().await?;
+    let held_at_end = held.release().await?.open;
 
     let n = storm.logged_in.max(1) as f64;
     let per_conn =

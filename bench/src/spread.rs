@@ -339,9 +339,95 @@ impl Spread {
         self.workers.finish(GRACE).await;
         Ok(last)
     }
+}
 
-    /// Releases the workers; returns how many connections were still open.
-    pub async fn release_count(self) -> anyhow::Result<usize> {
-        Ok(self.release().await?.iter().map(|h| h.open).sum())
+/// A logged-in fleet being held: in this process (one process asked for)
+/// or in worker processes, counting broadcasts when asked to. `idle` and
+/// `broadcast` drive both kinds through it alike.
+pub enum Fleet {
+    /// Held here, counting into `receipts` if any.
+    Here {
+        /// The held connections.
+        holders: Holders,
+        /// Broadcast receipts, when counting.
+        receipts: Option<Arc<Receipts>>,
+    },
+    /// Held by worker processes.
+    Workers(Spread),
+}
+
+/// What a released fleet reports.
+pub struct Released {
+    /// Connections still open at release.
+    pub open: usize,
+    /// Receipts of every process, when counting.
+    pub tally: Option<Tally>,
+}
+
+impl Fleet {
+    /// Logs `plan`'s clients in over `procs` processes and holds them,
+    /// counting `receive` broadcasts when given.
+    pub async fn start(
+        plan: &StormPlan,
+        procs: usize,
+        hold: HoldPlan,
+        receive: Option<usize>,
+    ) -> anyhow::Result<(StormSummary, Fleet)> {
+        if procs == 1 {
+            let (summary, members) = fleet::storm(plan).await?.into_parts();
+            let receipts = receive.map(|m| Arc::new(Receipts::new(m)));
+            let holders = Holders::start(members, plan.app, hold.keepalive, receipts.clone());
+            Ok((summary, Fleet::Here { holders, receipts }))
+        } else {
+            let (summary, spread) = storm(plan, procs, hold, receive).await?;
+            Ok((summary, Fleet::Workers(spread)))
+        }
+    }
+
+    /// Waits until every client has every counted broadcast (`expected`
+    /// receipts in all) or `deadline` passes.
+    pub async fn wait_complete(&mut self, expected: u64, deadline: tokio::time::Instant) {
+        match self {
+            Fleet::Here { receipts, .. } => {
+                let Some(r) = receipts else { return };
+                while r.total() < expected && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            Fleet::Workers(s) => {
+                s.wait_complete(deadline).await;
+            }
+        }
+    }
+
+    /// Closes every connection; returns how many were still open and the
+    /// merged receipts.
+    pub async fn release(self) -> anyhow::Result<Released> {
+        match self {
+            Fleet::Here { holders, receipts } => {
+                let open = holders.open();
+                holders.close();
+                Ok(Released {
+                    open,
+                    tally: receipts.map(|r| r.tally()),
+                })
+            }
+            Fleet::Workers(s) => {
+                let mut released = Released {
+                    open: 0,
+                    tally: None,
+                };
+                for last in s.release().await? {
+                    released.open += last.open;
+                    if let Some(t) = last.tally {
+                        released
+                            .tally
+                            .get_or_insert_with(Tally::default)
+                            .merge(&t)?;
+                    }
+                }
+                Ok(released)
+            }
+        }
     }
 }
