@@ -339,8 +339,8 @@ impl Shard {
             (Cmd::LinkC2s, true) => self.on_c2s_reply(&h, frame.decode_body()?),
             (Cmd::LinkForward, true) => self.on_forward_reply(frame.decode_body()?),
             (Cmd::LinkDeliver, false) => {
-                let (delivered, stale) = self.on_deliver(frame.decode_body()?);
-                self.confirm_deliver(link, &h, delivered, stale);
+                let outcome = self.on_deliver(frame.decode_body()?);
+                self.confirm_deliver(link, &h, outcome);
             }
             (Cmd::LinkBroadcast, false) => self.on_broadcast(link, &h, frame.decode_body()?),
             (Cmd::LinkKick, false) => self.on_kick(h.appcode, frame.decode_body()?),
@@ -507,27 +507,33 @@ impl Shard {
         }
     }
 
-    /// Queues the frame to each listed live session; returns (delivered, stale).
-    fn on_deliver(&self, deliver: pb::LinkDeliver) -> (u64, u64) {
+    /// Queues the frame to each listed live session; returns what became of
+    /// each: counts, plus the connections that are gone (presence naming
+    /// them is stale) and those still logging in (presence is current).
+    fn on_deliver(&self, deliver: pb::LinkDeliver) -> pb::LinkDeliverReply {
+        let mut outcome = pb::LinkDeliverReply::default();
         if self.for_other_incarnation(deliver.incarnation) {
-            return (0, deliver.conns.len() as u64);
+            outcome.stale = deliver.conns.len() as u64;
+            outcome.gone = deliver.conns;
+            return outcome;
         }
         let table = self.table.borrow();
-        let (mut delivered, mut stale) = (0, 0);
         for raw in deliver.conns {
-            match table.get(ConnId::from_u64(raw)) {
-                Some(conn) if conn.session.borrow().is_active() => {
+            let conn = table.get(ConnId::from_u64(raw));
+            match conn.map(|c| (c, c.session.borrow().is_active())) {
+                Some((conn, true)) => {
                     self.metrics.delivered.increment(1);
                     self.enqueue(conn, deliver.frame.clone());
-                    delivered += 1;
+                    outcome.delivered += 1;
+                    continue;
                 }
-                _ => {
-                    self.metrics.stale_deliveries.increment(1);
-                    stale += 1;
-                }
+                Some((_, false)) => outcome.not_ready.push(raw),
+                None => outcome.gone.push(raw),
             }
+            self.metrics.stale_deliveries.increment(1);
+            outcome.stale += 1;
         }
-        (delivered, stale)
+        outcome
     }
 
     fn on_kick(&self, appcode: AppCode, kick: pb::LinkKick) {

@@ -39,6 +39,10 @@ pub struct LogicConfig {
     /// Gate lease length, ms: a gate's sessions read as offline this long
     /// after its last heartbeat. Gates heartbeat every third of it.
     pub gate_lease_ms: u64,
+    /// How long a list push waits for its gate shards to confirm what they
+    /// queued, ms. A shard silent that long counts as delivered (it has the
+    /// frame; storing the push offline too could deliver it twice).
+    pub deliver_confirm_ms: u64,
     /// Bearer key of the admin endpoints (`/v1/admin/…`); unset = disabled.
     pub admin_key: Option<String>,
 }
@@ -59,6 +63,7 @@ impl Default for LogicConfig {
             offline_pull_max: 100,
             reach_flush_ms: 1_000,
             gate_lease_ms: 15_000,
+            deliver_confirm_ms: 1_000,
             admin_key: None,
         }
     }
@@ -245,6 +250,9 @@ impl LogicConfig {
                     self.gate_lease_ms
                 ),
             ));
+        }
+        if !(10..=60_000).contains(&self.deliver_confirm_ms) {
+            return Err(err("logic.deliver_confirm_ms", "must be 10 to 60000"));
         }
         if let Some(k) = self.admin_key.as_ref().filter(|k| k.len() < 16) {
             return Err(err(

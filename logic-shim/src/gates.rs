@@ -69,15 +69,11 @@ impl Gates {
         metrics::gauge!("tidegate_logic_gate_links").set(map.len() as f64);
     }
 
-    /// Queues a frame to a gate shard; false if it is not linked or its
-    /// queue is full (the caller reports the target as not delivered).
-    pub fn send(&self, gate_id: &str, shard: u32, frame: Bytes) -> bool {
-        self.send_to(gate_id, shard, None, frame)
-    }
-
-    /// [`Gates::send`] for frames naming connections of one gate process:
-    /// false as well when the linked process is another incarnation (the
-    /// gate restarted; those connection ids may name other users now).
+    /// Queues a frame naming connections of one gate process to its shard;
+    /// false if the shard is not linked, its queue is full (the caller
+    /// reports the target as not delivered), or the linked process is
+    /// another incarnation (the gate restarted; those connection ids may
+    /// name other users now).
     pub fn send_to_incarnation(
         &self,
         gate_id: &str,
@@ -88,6 +84,7 @@ impl Gates {
         self.send_to(gate_id, shard, Some(incarnation), frame)
     }
 
+    /// Queues a frame to a gate shard, checking the incarnation if given.
     fn send_to(&self, gate_id: &str, shard: u32, incarnation: Option<u64>, frame: Bytes) -> bool {
         let map = self.shards.read().unwrap_or_else(|p| p.into_inner());
         let key = ShardAddr {
@@ -116,9 +113,13 @@ impl Gates {
     /// its reply (same seq, response flag) will arrive; `None` if the shard
     /// is not linked or its queue is full. A reply that never comes leaves
     /// an entry the caller removes with [`Gates::forget`].
+    ///
+    /// With `incarnation`, only that process of the gate gets the frame (as
+    /// [`Gates::send_to_incarnation`]).
     pub fn request(
         &self,
         addr: &ShardAddr,
+        incarnation: Option<u64>,
         make: impl FnOnce(u32) -> Bytes,
     ) -> Option<(u32, oneshot::Receiver<Frame>)> {
         // Seq 0 is what unsolicited frames carry; skip it when wrapping.
@@ -131,7 +132,7 @@ impl Gates {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(seq, tx);
-        if self.send(&addr.gate_id, addr.shard, make(seq)) {
+        if self.send_to(&addr.gate_id, addr.shard, incarnation, make(seq)) {
             Some((seq, rx))
         } else {
             self.forget(seq);
@@ -174,8 +175,8 @@ mod tests {
         gates.register(addr, 7, tx);
         assert!(!gates.send_to_incarnation("g", 0, 6, Bytes::from_static(b"old")));
         assert!(gates.send_to_incarnation("g", 0, 7, Bytes::from_static(b"new")));
-        assert!(gates.send("g", 0, Bytes::from_static(b"any")));
-        assert!(!gates.send("g", 1, Bytes::from_static(b"unlinked")));
+        assert!(gates.send_to("g", 0, None, Bytes::from_static(b"any")));
+        assert!(!gates.send_to("g", 1, None, Bytes::from_static(b"unlinked")));
         assert_eq!(rx.try_recv().ok(), Some(Bytes::from_static(b"new")));
         assert_eq!(rx.try_recv().ok(), Some(Bytes::from_static(b"any")));
     }

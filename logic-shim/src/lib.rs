@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 mod c2s;
 pub mod config;
+mod deliver;
 mod gates;
 mod link;
 mod offline;

@@ -228,6 +228,9 @@ async fn dispatch(logic: &Logic, peer: &Peer, frame: Frame) -> anyhow::Result<Op
             logic
                 .reach
                 .add(h.appcode, h.msgtype, Stage::Written, r.delivered);
+            // The push that sent it, if still waiting, learns which
+            // connections were gone.
+            logic.gates.resolve(h.seq, frame);
             None
         }
         (Cmd::LinkBroadcast, true) => {

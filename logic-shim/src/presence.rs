@@ -137,3 +137,18 @@ pub async fn closed(logic: &Logic, gate: &ShardAddr, app: AppCode, msg: pb::Link
         }
     }
 }
+
+/// Removes a session a gate reported it no longer holds (ARCHITECTURE §5
+/// case 2), fenced by its epoch so a newer login is never touched. A store
+/// failure is counted only: the next delivery to it reports it again.
+pub async fn drop_stale(logic: &Logic, app: AppCode, uid: &str, key: &SessionKey, epoch: u64) {
+    let result = match logic.store.remove_session(app, uid, key, epoch).await {
+        Ok(true) => "removed",
+        Ok(false) => "already_gone",
+        Err(e) => {
+            tracing::warn!(app = %app, uid, session = %key, "stale session: store: {e}");
+            "store_error"
+        }
+    };
+    metrics::counter!("tidegate_logic_stale_sessions_total", "result" => result).increment(1);
+}

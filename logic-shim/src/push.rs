@@ -1,17 +1,19 @@
 //! s2c push: find each target's sessions in presence (pipelined, a batch
 //! per round trip), encode the S2C frame once, and send one LINK_DELIVER per
-//! gate shard listing its connections. A push to every online user of an
+//! gate shard listing its connections (`deliver`); a target is delivered
+//! when a shard confirms it queued the frame to one of its sessions. A push to every online user of an
 //! app never reads presence: it sends one LINK_BROADCAST to every linked
 //! gate shard, and each shard walks its own session table.
 
+use crate::deliver::{self, Plan};
 use crate::gates::ShardAddr;
+use crate::presence;
 use crate::reach::Stage;
 use crate::store::{InboxMessage, StoreError};
 use crate::Logic;
 use bytes::Bytes;
-use std::collections::HashMap;
 use std::time::Duration;
-use tidegate_proto::{pb, AppCode, Cmd, Flags, Frame, Header, MsgType, HEADER_LEN};
+use tidegate_proto::{pb, AppCode, Cmd, Frame, Header, MsgType, HEADER_LEN};
 
 /// Users whose presence one store round trip reads.
 const PRESENCE_BATCH: usize = 1000;
@@ -184,55 +186,28 @@ async fn to_users(
     msg_id: String,
 ) -> Result<PushOutcome, StoreError> {
     let UserPush { app, msgtype, .. } = push;
-    // (gate, shard, incarnation) -> connections, and each target's shards.
-    let mut by_shard: HashMap<(String, u32, u64), Vec<u64>> = HashMap::new();
-    let mut targets: Vec<Vec<(String, u32, u64)>> = Vec::with_capacity(uids.len());
+    let mut plan = Plan::default();
     for batch in uids.chunks(PRESENCE_BATCH) {
         for sessions in logic.store.sessions_many(app, batch).await? {
-            let shards = sessions
-                .into_iter()
-                .map(|s| {
-                    let key = (s.gate_id, s.shard, s.incarnation);
-                    by_shard.entry(key.clone()).or_default().push(s.conn);
-                    key
-                })
-                .collect();
-            targets.push(shards);
+            plan.add_target(sessions);
         }
     }
-
-    let mut sent: HashMap<(String, u32, u64), bool> = HashMap::with_capacity(by_shard.len());
-    for ((gate_id, shard, incarnation), conns) in by_shard {
-        let deliver = pb::LinkDeliver {
-            conns,
-            frame: push.frame.clone(),
-            incarnation,
-        };
-        // Ack-requested: the gate answers with how many it queued (reach
-        // "written"); header msgtype lets the answer be counted without state.
-        let mut h = Header::new(Cmd::LinkDeliver, app, 0);
-        h.msgtype = msgtype;
-        h.flags = Flags::ACK_REQUESTED;
-        let frame = Frame::encode_msg_to_bytes(h, &deliver);
-        let ok = logic
-            .gates
-            .send_to_incarnation(&gate_id, shard, incarnation, frame);
-        sent.insert((gate_id, shard, incarnation), ok);
+    let online = plan.online();
+    let reached = deliver::deliver(logic, app, msgtype, &push.frame, plan).await;
+    for stale in &reached.stale {
+        presence::drop_stale(logic, app, &uids[stale.target], &stale.key, stale.epoch).await;
     }
 
-    let (mut online, mut delivered) = (0, 0);
     let mut results: Vec<PushResult> = uids
         .into_iter()
-        .zip(targets)
-        .map(|(uid, shards)| {
-            online += u64::from(!shards.is_empty());
-            let status = if shards.iter().any(|k| sent.get(k) == Some(&true)) {
-                delivered += 1;
+        .zip(reached.targets)
+        .map(|(uid, reached)| PushResult {
+            uid,
+            status: if reached {
                 Delivery::Delivered
             } else {
                 Delivery::Offline
-            };
-            PushResult { uid, status }
+            },
         })
         .collect();
     if let Some(storage) = push.store_if_offline {
@@ -326,7 +301,7 @@ async fn broadcast(
             h.msgtype = msgtype;
             Frame::encode_msg_to_bytes(h, &body)
         };
-        match logic.gates.request(&addr, make) {
+        match logic.gates.request(&addr, None, make) {
             Some(pending) => waiting.push((addr, pending)),
             None => gates.push(gate_result(addr, "unreachable", 0)),
         }

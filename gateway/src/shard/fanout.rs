@@ -125,12 +125,11 @@ impl Shard {
 
     /// Answers an ack-requested LINK_DELIVER with its counts; cheap, one
     /// small frame per delivery batch, not per connection.
-    pub(super) fn confirm_deliver(&self, link: &Link, h: &Header, delivered: u64, stale: u64) {
+    pub(super) fn confirm_deliver(&self, link: &Link, h: &Header, outcome: pb::LinkDeliverReply) {
         if !h.flags.contains(Flags::ACK_REQUESTED) {
             return;
         }
-        let reply = pb::LinkDeliverReply { delivered, stale };
-        link.send(Frame::encode_msg_to_bytes(h.reply(), &reply));
+        link.send(Frame::encode_msg_to_bytes(h.reply(), &outcome));
     }
 
     /// Queues `frame` to every logged-in session of the header's app on this

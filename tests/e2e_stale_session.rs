@@ -1,0 +1,142 @@
+//! ARCHITECTURE §5 case 2, end to end through the real `tidegate up` on a
+//! real redis-server: presence lists a session its gate no longer holds (a
+//! close that never reached the store). A push to it is not reported as
+//! delivered: it goes to the inbox with `store_if_offline` (`stored`,
+//! pulled after the next login) and is `offline` without; either way the
+//! stale session is removed from presence, fenced by its epoch, while the
+//! user's live session on the same gate shard still gets the push.
+
+mod common;
+
+use common::{get_json, metric, post_json, token, Backend, Tidegate};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tidegate_logic::store::redis::RedisStore;
+use tidegate_logic::store::{DevicePolicy, NewSession, SessionKey, Store};
+use tidegate_logic::testkit::RedisServer;
+use tidegate_proto::client::Client;
+use tidegate_proto::AppCode;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(10);
+const APP: AppCode = AppCode(1);
+
+async fn login(tg: &Tidegate, uid: &str) -> Client {
+    let mut c = Client::connect(tg.client).await.expect("connect");
+    c.login(APP, &token(1, uid), "dev", "android")
+        .await
+        .expect("login");
+    c
+}
+
+async fn online_sessions(tg: &Tidegate, uid: &str) -> usize {
+    let body = get_json(&tg.url(&format!("/v1/presence?app=1&uid={uid}"))).await;
+    body["presence"][0]["devices"]
+        .as_array()
+        .map_or(0, |d| d.len())
+}
+
+fn statuses(body: &Value) -> Vec<&str> {
+    body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect()
+}
+
+/// Writes a session for `uid` into presence on the same gate shard (and
+/// process incarnation) as `live`'s, naming a connection that shard has
+/// never had: what a lost close leaves behind.
+async fn ghost(store: &RedisStore, uid: &str, live: &str) -> u64 {
+    let real = store.sessions(APP, live).await.expect("read presence");
+    let real = real.first().expect("live session");
+    // Slot u32::MAX is never allocated: the shard's table holds no such id.
+    let conn = (u64::from(u32::MAX) << 32) | 7;
+    let new = NewSession {
+        key: SessionKey {
+            gate_id: real.gate_id.clone(),
+            shard: real.shard,
+            conn,
+        },
+        device: "ghost".into(),
+        platform: "ios".into(),
+        since_ms: tidegate_proto::now_ms(),
+        incarnation: real.incarnation,
+    };
+    store
+        .add_session(APP, uid, new, DevicePolicy::Multi)
+        .await
+        .expect("write ghost session");
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_a_session_the_gate_lost_goes_to_the_inbox_and_presence_is_corrected() {
+    let redis = RedisServer::start();
+    let tg = Tidegate::up(&Backend::Redis(redis.url()), "");
+    let store = RedisStore::connect(&redis.url()).await.expect("redis");
+    let mut alice = login(&tg, "alice").await;
+
+    // bob: only a ghost. carol: a live session plus a ghost on the same shard.
+    ghost(&store, "bob", "alice").await;
+    let mut carol = login(&tg, "carol").await;
+    ghost(&store, "carol", "carol").await;
+    assert_eq!(
+        online_sessions(&tg, "bob").await,
+        1,
+        "presence lists the ghost"
+    );
+    assert_eq!(online_sessions(&tg, "carol").await, 2);
+
+    let (status, body) = post_json(
+        &tg.url("/v1/push"),
+        &json!({"app": 1, "msgtype": 7, "to": ["alice", "bob", "carol"],
+                "content": "order 1", "store_if_offline": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(statuses(&body), ["delivered", "stored", "delivered"]);
+    let msg_id = body["msg_id"].as_str().unwrap().to_string();
+    for client in [&mut alice, &mut carol] {
+        let push = timeout(WAIT, client.recv_push()).await.unwrap().unwrap();
+        assert_eq!(&push.content[..], b"order 1");
+    }
+
+    // Corrected before the answer: the ghosts are gone, carol's live session stays.
+    assert_eq!(online_sessions(&tg, "bob").await, 0);
+    assert_eq!(online_sessions(&tg, "carol").await, 1);
+    let metrics = reqwest::get(tg.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let removed = metric(
+        &metrics,
+        "tidegate_logic_stale_sessions_total",
+        "result=\"removed\"",
+    );
+    assert_eq!(removed, 2.0, "{metrics}");
+
+    // bob's next login finds the push in his inbox.
+    let mut bob = login(&tg, "bob").await;
+    let page = bob.pull_offline("", 0).await.unwrap();
+    let ids: Vec<&str> = page.messages.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(page.messages.len(), 1, "{ids:?}");
+    let stored = page.messages[0].push.as_ref().expect("push");
+    assert_eq!(
+        (stored.msg_id.as_str(), &stored.content[..]),
+        (msg_id.as_str(), &b"order 1"[..])
+    );
+
+    // Without store_if_offline a ghost's push is dropped, and still cleaned.
+    ghost(&store, "dave", "alice").await;
+    let (_, body) = post_json(
+        &tg.url("/v1/push"),
+        &json!({"app": 1, "msgtype": 7, "to": ["dave"], "content": "order 2"}),
+    )
+    .await;
+    assert_eq!(statuses(&body), ["offline"]);
+    assert_eq!(online_sessions(&tg, "dave").await, 0);
+}
