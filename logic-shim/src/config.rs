@@ -39,9 +39,8 @@ pub struct LogicConfig {
     /// Gate lease length, ms: a gate's sessions read as offline this long
     /// after its last heartbeat. Gates heartbeat every third of it.
     pub gate_lease_ms: u64,
-    /// How long a list push waits for its gate shards to confirm what they
-    /// queued, ms. A shard silent that long counts as delivered (it has the
-    /// frame; storing the push offline too could deliver it twice).
+    /// How long a push's delivery confirmations are watched for sessions
+    /// the gate no longer holds, ms; a later confirmation is ignored.
     pub deliver_confirm_ms: u64,
     /// Bearer key of the admin endpoints (`/v1/admin/…`); unset = disabled.
     pub admin_key: Option<String>,

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tidegate_proto::Frame;
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,10 +39,35 @@ pub struct Gates {
     shards: RwLock<HashMap<ShardAddr, Entry>>,
     next_link: AtomicU64,
     /// Requests awaiting a gate's reply, by the seq we sent. A std `Mutex`:
-    /// held only to insert or take one entry, never across an await.
-    pending: Mutex<HashMap<u32, oneshot::Sender<Frame>>>,
+    /// held only to insert or take one entry (or sweep), never across an
+    /// await.
+    pending: Mutex<Pending>,
     next_seq: AtomicU32,
 }
+
+/// Replies awaited from gates.
+#[derive(Default)]
+struct Pending {
+    by_seq: HashMap<u32, Waiter>,
+    /// When watches whose reply never came are next dropped.
+    next_sweep: Option<Instant>,
+}
+
+/// Who gets a gate's reply.
+enum Waiter {
+    /// A task awaiting it.
+    Task(oneshot::Sender<Frame>),
+    /// A callback the link runs on the reply; dropped unrun if none has
+    /// come by `expires`. No task waits, no timer runs: the cheap way to
+    /// act on the rare reply that says something went wrong.
+    Watch {
+        on_reply: Box<dyn FnOnce(Frame) + Send>,
+        expires: Instant,
+    },
+}
+
+/// How often expired watches are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Gates {
     /// Registers a link for `addr`, replacing an older one; returns its id.
@@ -122,18 +148,44 @@ impl Gates {
         incarnation: Option<u64>,
         make: impl FnOnce(u32) -> Bytes,
     ) -> Option<(u32, oneshot::Receiver<Frame>)> {
+        let (tx, rx) = oneshot::channel();
+        let seq = self.send_awaited(addr, incarnation, Waiter::Task(tx), make)?;
+        Some((seq, rx))
+    }
+
+    /// [`Gates::request`] whose reply is handed to `on_reply`, run on the
+    /// link's task, if it comes within `within`; false if the frame could
+    /// not be queued.
+    pub fn request_watched(
+        &self,
+        addr: &ShardAddr,
+        incarnation: Option<u64>,
+        within: Duration,
+        on_reply: impl FnOnce(Frame) + Send + 'static,
+        make: impl FnOnce(u32) -> Bytes,
+    ) -> bool {
+        let watch = Waiter::Watch {
+            on_reply: Box::new(on_reply),
+            expires: Instant::now() + within,
+        };
+        self.send_awaited(addr, incarnation, watch, make).is_some()
+    }
+
+    fn send_awaited(
+        &self,
+        addr: &ShardAddr,
+        incarnation: Option<u64>,
+        waiter: Waiter,
+        make: impl FnOnce(u32) -> Bytes,
+    ) -> Option<u32> {
         // Seq 0 is what unsolicited frames carry; skip it when wrapping.
         let mut seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         if seq == 0 {
             seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         }
-        let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(seq, tx);
+        self.pending().insert(seq, waiter);
         if self.send_to(&addr.gate_id, addr.shard, incarnation, make(seq)) {
-            Some((seq, rx))
+            Some(seq)
         } else {
             self.forget(seq);
             None
@@ -141,22 +193,44 @@ impl Gates {
     }
 
     /// Hands a gate's reply to whoever awaits its seq; false if nobody does
-    /// (it came too late).
+    /// (it came too late, or was never asked for).
     pub fn resolve(&self, seq: u32, frame: Frame) -> bool {
-        let waiter = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&seq);
-        waiter.is_some_and(|tx| tx.send(frame).is_ok())
+        let waiter = self.pending().by_seq.remove(&seq);
+        match waiter {
+            Some(Waiter::Task(tx)) => tx.send(frame).is_ok(),
+            Some(Waiter::Watch { on_reply, .. }) => {
+                on_reply(frame);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Drops a request whose reply is no longer awaited.
     pub fn forget(&self, seq: u32) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&seq);
+        self.pending().by_seq.remove(&seq);
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Pending {
+    /// Adds a waiter, first dropping expired watches (at most once per
+    /// [`SWEEP_EVERY`], so the map stays bounded by what one sweep
+    /// interval plus the longest watch can hold).
+    fn insert(&mut self, seq: u32, waiter: Waiter) {
+        let now = Instant::now();
+        if self.next_sweep.is_none_or(|t| t <= now) {
+            let before = self.by_seq.len();
+            self.by_seq
+                .retain(|_, w| !matches!(w, Waiter::Watch { expires, .. } if *expires <= now));
+            let expired = before - self.by_seq.len();
+            metrics::counter!("tidegate_logic_gate_replies_missed_total").increment(expired as u64);
+            self.next_sweep = Some(now + SWEEP_EVERY);
+        }
+        self.by_seq.insert(seq, waiter);
     }
 }
 
@@ -179,5 +253,44 @@ mod tests {
         assert!(!gates.send_to("g", 1, None, Bytes::from_static(b"unlinked")));
         assert_eq!(rx.try_recv().ok(), Some(Bytes::from_static(b"new")));
         assert_eq!(rx.try_recv().ok(), Some(Bytes::from_static(b"any")));
+    }
+
+    #[test]
+    fn a_watch_runs_on_its_reply_and_expired_watches_are_swept() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        use tidegate_proto::{AppCode, Cmd, Header};
+        let gates = Gates::default();
+        let (tx, _rx) = mpsc::channel(8);
+        let addr = ShardAddr {
+            gate_id: "g".into(),
+            shard: 0,
+        };
+        gates.register(addr.clone(), 7, tx);
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let mut seq = 0;
+        let on_reply = move |_| flag.store(true, Ordering::SeqCst);
+        let make = |s| {
+            seq = s;
+            Bytes::from_static(b"f")
+        };
+        assert!(gates.request_watched(&addr, Some(7), Duration::from_secs(9), on_reply, make));
+        let reply = Frame::empty(Header::new(Cmd::LinkDeliver, AppCode(1), seq).reply());
+        assert!(gates.resolve(seq, reply.clone()));
+        assert!(ran.load(Ordering::SeqCst));
+        assert!(!gates.resolve(seq, reply), "a reply is handed over once");
+
+        assert!(!gates.request_watched(&addr, Some(6), Duration::ZERO, |_| {}, |_| Bytes::new()));
+        assert!(gates.request_watched(&addr, None, Duration::ZERO, |_| {}, |_| Bytes::new()));
+        gates.pending().next_sweep = None;
+        assert!(gates.request_watched(
+            &addr,
+            None,
+            Duration::from_secs(9),
+            |_| {},
+            |_| Bytes::new()
+        ));
+        assert_eq!(gates.pending().by_seq.len(), 1, "the expired watch is gone");
     }
 }

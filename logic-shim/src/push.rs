@@ -1,17 +1,17 @@
 //! s2c push: find each target's sessions in presence (pipelined, a batch
 //! per round trip), encode the S2C frame once, and send one LINK_DELIVER per
-//! gate shard listing its connections (`deliver`); a target is delivered
-//! when a shard confirms it queued the frame to one of its sessions. A push to every online user of an
+//! gate shard listing its connections (`deliver`, which also handles the
+//! sessions a gate turns out not to hold). A push to every online user of an
 //! app never reads presence: it sends one LINK_BROADCAST to every linked
 //! gate shard, and each shard walks its own session table.
 
-use crate::deliver::{self, Plan};
+use crate::deliver::{self, OfflineCopy, Outgoing, Plan};
 use crate::gates::ShardAddr;
-use crate::presence;
 use crate::reach::Stage;
 use crate::store::{InboxMessage, StoreError};
 use crate::Logic;
 use bytes::Bytes;
+use std::sync::Arc;
 use std::time::Duration;
 use tidegate_proto::{pb, AppCode, Cmd, Frame, Header, MsgType, HEADER_LEN};
 
@@ -144,7 +144,7 @@ impl PushOutcome {
 }
 
 /// Delivers `push` to every online session of its targets.
-pub async fn push(logic: &Logic, push: Push) -> Result<PushOutcome, StoreError> {
+pub async fn push(logic: &Arc<Logic>, push: Push) -> Result<PushOutcome, StoreError> {
     let msg_id = logic.next_msg_id(push.msgtype);
     let body = pb::Push {
         msg_id: msg_id.clone(),
@@ -158,60 +158,74 @@ pub async fn push(logic: &Logic, push: Push) -> Result<PushOutcome, StoreError> 
     let frame = Frame::encode_msg_to_bytes(header, &body);
     match push.to {
         Audience::Users(uids) => {
-            let to = UserPush {
+            let fallback = push.store_if_offline.map(|storage| {
+                Arc::new(offline_copy(logic, push.app, push.msgtype, &frame, storage))
+            });
+            let out = Outgoing {
                 app: push.app,
                 msgtype: push.msgtype,
                 frame,
-                store_if_offline: push.store_if_offline,
+                fallback,
             };
-            to_users(logic, to, uids, msg_id).await
+            to_users(logic, out, uids, msg_id).await
         }
         Audience::All => Ok(broadcast(logic, push.app, push.msgtype, frame, msg_id).await),
     }
 }
 
-/// A list push, encoded.
-struct UserPush {
+/// The inbox copy of a push: the Push body inside the S2C frame, stored as
+/// it would go out live.
+fn offline_copy(
+    logic: &Logic,
     app: AppCode,
     msgtype: MsgType,
-    /// The S2C frame every session gets.
-    frame: Bytes,
-    store_if_offline: Option<OfflineStorage>,
+    frame: &Bytes,
+    storage: OfflineStorage,
+) -> OfflineCopy {
+    let message = InboxMessage {
+        msgtype,
+        expires_ms: tidegate_proto::now_ms()
+            .saturating_add(u64::try_from(storage.ttl.as_millis()).unwrap_or(u64::MAX)),
+        push: frame.slice(HEADER_LEN..),
+    };
+    let max_len = logic
+        .app(app)
+        .and_then(|a| a.offline_max_len)
+        .unwrap_or(logic.cfg.offline_max_len);
+    OfflineCopy { message, max_len }
 }
 
 async fn to_users(
-    logic: &Logic,
-    push: UserPush,
+    logic: &Arc<Logic>,
+    push: Outgoing,
     uids: Vec<String>,
     msg_id: String,
 ) -> Result<PushOutcome, StoreError> {
-    let UserPush { app, msgtype, .. } = push;
+    let (app, msgtype) = (push.app, push.msgtype);
     let mut plan = Plan::default();
     for batch in uids.chunks(PRESENCE_BATCH) {
-        for sessions in logic.store.sessions_many(app, batch).await? {
-            plan.add_target(sessions);
+        let found = logic.store.sessions_many(app, batch).await?;
+        for (uid, sessions) in batch.iter().zip(found) {
+            plan.add_target(uid, sessions);
         }
     }
     let online = plan.online();
-    let reached = deliver::deliver(logic, app, msgtype, &push.frame, plan).await;
-    for stale in &reached.stale {
-        presence::drop_stale(logic, app, &uids[stale.target], &stale.key, stale.epoch).await;
-    }
+    let sent = deliver::deliver(logic, &push, plan);
 
     let mut results: Vec<PushResult> = uids
         .into_iter()
-        .zip(reached.targets)
-        .map(|(uid, reached)| PushResult {
+        .zip(sent)
+        .map(|(uid, sent)| PushResult {
             uid,
-            status: if reached {
+            status: if sent {
                 Delivery::Delivered
             } else {
                 Delivery::Offline
             },
         })
         .collect();
-    if let Some(storage) = push.store_if_offline {
-        store_offline(logic, &push, storage, &mut results).await;
+    if let Some(copy) = &push.fallback {
+        store_offline(logic, app, msgtype, copy, &mut results).await;
     }
     let label = app.to_string();
     for status in [Delivery::Delivered, Delivery::Stored, Delivery::Offline] {
@@ -236,8 +250,9 @@ async fn to_users(
 /// says what happened; the app-server may retry), and the failure is counted.
 async fn store_offline(
     logic: &Logic,
-    push: &UserPush,
-    storage: OfflineStorage,
+    app: AppCode,
+    msgtype: MsgType,
+    copy: &OfflineCopy,
     results: &mut [PushResult],
 ) {
     let offline: Vec<String> = results
@@ -248,21 +263,10 @@ async fn store_offline(
     if offline.is_empty() {
         return;
     }
-    let message = InboxMessage {
-        msgtype: push.msgtype,
-        expires_ms: tidegate_proto::now_ms()
-            .saturating_add(u64::try_from(storage.ttl.as_millis()).unwrap_or(u64::MAX)),
-        // The Push body inside the S2C frame: stored as it would go out live.
-        push: push.frame.slice(HEADER_LEN..),
-    };
-    let max_len = logic
-        .app(push.app)
-        .and_then(|a| a.offline_max_len)
-        .unwrap_or(logic.cfg.offline_max_len);
-    let app = push.app.to_string();
+    let label = app.to_string();
     match logic
         .store
-        .store_offline(push.app, &offline, &message, max_len)
+        .store_offline(app, &offline, &copy.message, copy.max_len)
         .await
     {
         Ok(evicted) => {
@@ -271,13 +275,13 @@ async fn store_offline(
             }
             logic
                 .reach
-                .add(push.app, push.msgtype, Stage::Stored, offline.len() as u64);
-            metrics::counter!("tidegate_logic_offline_evicted_total", "app" => app)
+                .add(app, msgtype, Stage::Stored, offline.len() as u64);
+            metrics::counter!("tidegate_logic_offline_evicted_total", "app" => label)
                 .increment(evicted.iter().sum());
         }
         Err(e) => {
-            tracing::warn!(app = %push.app, targets = offline.len(), "offline store: {e}");
-            metrics::counter!("tidegate_logic_offline_store_failures_total", "app" => app)
+            tracing::warn!(app = %app, targets = offline.len(), "offline store: {e}");
+            metrics::counter!("tidegate_logic_offline_store_failures_total", "app" => label)
                 .increment(offline.len() as u64);
         }
     }
