@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tidegate_gateway::Gateway;
+use tidegate_gateway::{Gateway, LinkAddr};
 use tidegate_logic::auth::Auth;
 use tidegate_logic::store::{embedded::EmbeddedStore, redis::RedisStore, Store};
 use tidegate_logic::LogicServer;
@@ -129,9 +129,9 @@ struct GatewayArgs {
     /// Admin address (gateway.admin_addr).
     #[arg(long)]
     admin_addr: Option<SocketAddr>,
-    /// Logic link addresses (gateway.logic), repeatable.
+    /// Logic link addresses (gateway.logic: host:port or unix:/path), repeatable.
     #[arg(long)]
-    logic: Vec<SocketAddr>,
+    logic: Vec<LinkAddr>,
     /// Shards (gateway.shards; 0 = one per CPU).
     #[arg(long)]
     shards: Option<usize>,
@@ -277,11 +277,21 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let prom = metrics_recorder()?;
     let rt = runtime()?;
+    // The gateway links to logic over a Unix socket: in one process there
+    // is no reason to pay the TCP stack twice per push (measured below).
+    let temp_socket = cfg.logic.link_unix.is_none().then(|| {
+        let name = format!("tidegate-up-{}.link.sock", std::process::id());
+        std::env::temp_dir().join(name)
+    });
+    if let Some(path) = &temp_socket {
+        cfg.logic.link_unix = Some(path.clone());
+    }
     rt.block_on(async move {
         let (store, store_desc) = open_store(&cfg.store).await?;
         let logic =
             LogicServer::start(cfg.logic.clone(), cfg.apps.clone(), store, prom.clone()).await?;
-        cfg.gateway.logic = vec![logic.link_addr];
+        let unix = logic.link_unix.clone().context("the link socket")?;
+        cfg.gateway.logic = vec![LinkAddr::Unix(unix)];
         let drain = cfg.gateway.drain_timeout_s;
         let gw = Gateway::start(cfg.gateway.clone(), prom)?;
         // "ready" means ready to log clients in: every shard linked to logic.
@@ -298,6 +308,9 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         drain_gateway(gw, drain).await;
         Ok::<_, anyhow::Error>(())
     })?;
+    if let Some(path) = temp_socket {
+        let _ = std::fs::remove_file(path);
+    }
     // glommio executors do not stop on their own; the process owns them.
     std::process::exit(0);
 }
@@ -341,6 +354,9 @@ fn print_banner(gw: &Gateway, logic: &LogicServer, store: &str, dev: bool) {
     println!("  client tcp     {}", gw.client_addr);
     println!("  gateway admin  http://{}/metrics", gw.admin_addr);
     println!("  logic link     {}", logic.link_addr);
+    if let Some(path) = &logic.link_unix {
+        println!("  logic socket   unix:{}", path.display());
+    }
     println!("  logic http     http://{}", logic.http_addr);
     if dev {
         println!("  apps           app 1 with the built-in DEVELOPMENT secret and API key (configure [[apps]] for real use)");
@@ -413,6 +429,9 @@ fn logic(args: LogicArgs) -> anyhow::Result<()> {
         let logic = LogicServer::start(cfg.logic, cfg.apps, store, prom).await?;
         println!("tidegate logic: {} on {store_desc}", logic.logic.logic_id);
         println!("  logic link     {}", logic.link_addr);
+        if let Some(path) = &logic.link_unix {
+            println!("  logic socket   unix:{}", path.display());
+        }
         println!("  logic http     http://{}", logic.http_addr);
         println!("ready");
         wait_for_shutdown().await

@@ -1,6 +1,7 @@
 //! Gateway configuration (`[gateway]` in the TOML file). Every validation
 //! error names its key.
 
+pub use crate::link::LinkAddr;
 use serde::Deserialize;
 use std::net::SocketAddr;
 
@@ -14,8 +15,9 @@ pub struct GatewayConfig {
     pub client_addr: SocketAddr,
     /// Admin HTTP: `/metrics`, `/healthz`.
     pub admin_addr: SocketAddr,
-    /// Logic shim link addresses; each shard keeps one link to each.
-    pub logic: Vec<SocketAddr>,
+    /// Logic shim link addresses (`host:port` or `unix:/path`); each shard
+    /// keeps one link to each.
+    pub logic: Vec<LinkAddr>,
     /// Shards (executors); 0 = one per available CPU.
     pub shards: usize,
     /// Largest accepted frame body in bytes.
@@ -152,7 +154,7 @@ impl Default for GatewayConfig {
             gate_id: None,
             client_addr: "0.0.0.0:7000".parse().expect("literal"),
             admin_addr: "127.0.0.1:7090".parse().expect("literal"),
-            logic: vec!["127.0.0.1:7100".parse().expect("literal")],
+            logic: vec![LinkAddr::Tcp("127.0.0.1:7100".parse().expect("literal"))],
             shards: 0,
             max_body: tidegate_proto::DEFAULT_MAX_BODY,
             auth_timeout_s: 10,

@@ -26,7 +26,7 @@ mod signal;
 mod table;
 mod wheel;
 
-pub use config::{ConfigError, GatewayConfig};
+pub use config::{ConfigError, GatewayConfig, LinkAddr};
 
 use anyhow::Context;
 use fdlimit::FdBudget;

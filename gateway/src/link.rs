@@ -1,18 +1,23 @@
 //! A shard's link to one logic instance: reconnect with backoff, HELLO,
 //! batched writes, liveness pings. Frames are the client codec with
-//! commands ≥ 0x8000 (ARCHITECTURE §2).
+//! commands ≥ 0x8000 (ARCHITECTURE §2). The link runs over TCP, or over a
+//! Unix socket when logic is on the same host (`tidegate up` does): no TCP
+//! stack and no loopback softirq per frame.
 
 use crate::metrics;
 use crate::shard::Shard;
 use crate::signal::Signal;
 use bytes::{Bytes, BytesMut};
-use futures_lite::{AsyncRead, AsyncWriteExt};
-use glommio::net::TcpStream;
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use glommio::net::{TcpStream, UnixStream};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::str::FromStr;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use tidegate_proto::{pb, AppCode, Cmd, Frame, Header};
@@ -27,9 +32,53 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const PING_EVERY: Duration = Duration::from_secs(5);
 const DEAD_AFTER: Duration = Duration::from_secs(15);
 
+/// Where a logic instance takes gate links: `host:port`, or
+/// `unix:/path/to/socket` for a logic instance on the same host.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum LinkAddr {
+    /// TCP.
+    Tcp(SocketAddr),
+    /// A Unix stream socket.
+    Unix(PathBuf),
+}
+
+impl FromStr for LinkAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LinkAddr, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path, as in unix:/run/tidegate/link.sock".into());
+            }
+            return Ok(LinkAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse()
+            .map(LinkAddr::Tcp)
+            .map_err(|_| format!("{s:?} is neither host:port nor unix:/path"))
+    }
+}
+
+impl TryFrom<String> for LinkAddr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<LinkAddr, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for LinkAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkAddr::Tcp(a) => write!(f, "{a}"),
+            LinkAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
 /// One shard's link to one logic address.
 pub struct Link {
-    addr: SocketAddr,
+    addr: LinkAddr,
     out: RefCell<VecDeque<Bytes>>,
     wake: Signal,
     up: Cell<bool>,
@@ -43,7 +92,7 @@ pub struct Link {
 
 impl Link {
     /// A link that is not connected yet.
-    pub fn new(addr: SocketAddr) -> Link {
+    pub fn new(addr: LinkAddr) -> Link {
         Link {
             addr,
             out: RefCell::new(VecDeque::new()),
@@ -102,12 +151,22 @@ pub async fn run(shard: Rc<Shard>, idx: usize) {
     let link = shard.links[idx].clone();
     let mut backoff = BACKOFF_MIN;
     loop {
-        match TcpStream::connect(link.addr).await {
-            Ok(stream) => {
+        let ended = match &link.addr {
+            LinkAddr::Tcp(addr) => match TcpStream::connect(*addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    Ok(connected(&shard, &link, stream).await)
+                }
+                Err(e) => Err(e),
+            },
+            LinkAddr::Unix(path) => match UnixStream::connect(path).await {
+                Ok(stream) => Ok(connected(&shard, &link, stream).await),
+                Err(e) => Err(e),
+            },
+        };
+        match ended {
+            Ok(why) => {
                 backoff = BACKOFF_MIN;
-                metrics::link_event("connected");
-                tracing::info!(shard = shard.id, logic = %link.addr, "logic link up");
-                let why = connected(&shard, &link, stream).await;
                 link.up.set(false);
                 link.dead.set(false);
                 link.ping_sent.set(None);
@@ -135,8 +194,12 @@ enum Event {
 }
 
 /// Runs a connected link until it fails; returns why.
-async fn connected(shard: &Shard, link: &Link, mut stream: TcpStream) -> String {
-    let _ = stream.set_nodelay(true);
+async fn connected<S>(shard: &Shard, link: &Link, mut stream: S) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    metrics::link_event("connected");
+    tracing::info!(shard = shard.id, logic = %link.addr, "logic link up");
     let hello = pb::LinkHello {
         gate_id: shard.gate_id.to_string(),
         shard: shard.id,
@@ -208,7 +271,7 @@ async fn connected(shard: &Shard, link: &Link, mut stream: TcpStream) -> String 
 }
 
 /// Writes everything queued, many frames per write.
-async fn flush(link: &Link, stream: &mut TcpStream) -> std::io::Result<()> {
+async fn flush(link: &Link, stream: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
     loop {
         let batch = {
             let mut out = link.out.borrow_mut();
@@ -225,5 +288,22 @@ async fn flush(link: &Link, stream: &mut TcpStream) -> std::io::Result<()> {
             batch
         };
         stream.write_all(&batch).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_addresses_are_host_port_or_unix_paths() {
+        let tcp: LinkAddr = "127.0.0.1:7100".parse().unwrap();
+        assert_eq!(tcp, LinkAddr::Tcp("127.0.0.1:7100".parse().unwrap()));
+        let unix: LinkAddr = "unix:/run/tg/link.sock".parse().unwrap();
+        assert_eq!(unix, LinkAddr::Unix("/run/tg/link.sock".into()));
+        assert_eq!(unix.to_string(), "unix:/run/tg/link.sock");
+        assert!("unix:".parse::<LinkAddr>().is_err());
+        let e = "logic-host".parse::<LinkAddr>().unwrap_err();
+        assert!(e.contains("neither host:port nor unix:/path"), "{e}");
     }
 }

@@ -69,7 +69,11 @@ impl Shard {
         guard: Arc<Guard>,
         fds: Arc<FdBudget>,
     ) -> Shard {
-        let links = cfg.logic.iter().map(|a| Rc::new(Link::new(*a))).collect();
+        let links = cfg
+            .logic
+            .iter()
+            .map(|a| Rc::new(Link::new(a.clone())))
+            .collect();
         let horizon = cfg.idle_timeout_s.max(cfg.auth_timeout_s) + 2;
         Shard {
             id,

@@ -5,6 +5,7 @@ use crate::store::DevicePolicy;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// `[logic]` settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -14,6 +15,10 @@ pub struct LogicConfig {
     pub logic_id: Option<String>,
     /// Where gate shards connect.
     pub link_addr: SocketAddr,
+    /// Also take gate links on this Unix socket (gates on the same host
+    /// link with `gateway.logic = ["unix:<path>"]`); a stale socket file
+    /// left by a dead instance is replaced, a live one's is refused.
+    pub link_unix: Option<PathBuf>,
     /// App-server HTTP API and `/metrics`.
     pub http_addr: SocketAddr,
     /// Largest accepted HTTP request body, bytes; larger is refused before reading.
@@ -51,6 +56,7 @@ impl Default for LogicConfig {
         LogicConfig {
             logic_id: None,
             link_addr: "127.0.0.1:7100".parse().expect("literal"),
+            link_unix: None,
             http_addr: "0.0.0.0:7180".parse().expect("literal"),
             max_http_body: 1 << 20,
             jwt_leeway_s: 30,

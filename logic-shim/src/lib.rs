@@ -27,6 +27,7 @@ use gates::Gates;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use store::Store;
@@ -84,6 +85,8 @@ impl Logic {
 pub struct LogicServer {
     /// Where gate shards connect.
     pub link_addr: SocketAddr,
+    /// Where gate shards on this host may connect instead, if configured.
+    pub link_unix: Option<PathBuf>,
     /// The HTTP API.
     pub http_addr: SocketAddr,
     /// Shared state.
@@ -103,6 +106,10 @@ impl LogicServer {
         let link_listener = tokio::net::TcpListener::bind(cfg.link_addr)
             .await
             .with_context(|| format!("logic.link_addr: cannot listen on {}", cfg.link_addr))?;
+        let unix_listener = match &cfg.link_unix {
+            Some(path) => Some(link::bind_unix(path).await?),
+            None => None,
+        };
         let http_listener = tokio::net::TcpListener::bind(cfg.http_addr)
             .await
             .with_context(|| format!("logic.http_addr: cannot listen on {}", cfg.http_addr))?;
@@ -128,10 +135,14 @@ impl LogicServer {
         });
         let server = LogicServer {
             link_addr: link_listener.local_addr()?,
+            link_unix: logic.cfg.link_unix.clone(),
             http_addr: http_listener.local_addr()?,
             logic: logic.clone(),
         };
         tokio::spawn(link::serve(logic.clone(), link_listener));
+        if let Some(listener) = unix_listener {
+            tokio::spawn(link::serve_unix(logic.clone(), listener));
+        }
         let every = std::time::Duration::from_millis(logic.cfg.reach_flush_ms);
         tokio::spawn(reach::flush_forever(logic.clone(), every));
         let router = api::router(logic);

@@ -12,13 +12,14 @@ use crate::gates::{ShardAddr, LINK_QUEUE};
 use crate::reach::{msgtype_of, Stage};
 use crate::store::GateShardStatus;
 use crate::{c2s, offline, presence, Logic};
+use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use tidegate_proto::{pb, AppCode, Cmd, Flags, Frame, Header, MsgType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 /// Largest link frame body accepted from a gate.
@@ -28,14 +29,16 @@ const LANES: usize = 64;
 /// Frames queued per lane before the link reader waits (backpressure to the gate).
 const LANE_QUEUE: usize = 1024;
 
-/// Accepts gate links forever.
+/// Accepts gate links over TCP forever.
 pub async fn serve(logic: Arc<Logic>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let logic = logic.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(logic, stream).await {
+                    let _ = stream.set_nodelay(true);
+                    let (rd, wr) = stream.into_split();
+                    if let Err(e) = handle(logic, rd, wr, peer.ip()).await {
                         tracing::info!(%peer, "gate link closed: {e}");
                     }
                 });
@@ -48,10 +51,46 @@ pub async fn serve(logic: Arc<Logic>, listener: TcpListener) {
     }
 }
 
-async fn handle(logic: Arc<Logic>, stream: TcpStream) -> anyhow::Result<()> {
-    stream.set_nodelay(true)?;
-    let peer_ip = stream.peer_addr()?.ip();
-    let (mut rd, wr) = stream.into_split();
+/// Binds the Unix link socket at `path`, replacing a socket file no live
+/// process listens on (one left by an instance that died).
+pub async fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+    let named = || format!("logic.link_unix: cannot listen on {}", path.display());
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!("{}: another process is listening on it", named());
+        }
+        std::fs::remove_file(path).with_context(named)?;
+    }
+    UnixListener::bind(path).with_context(named)
+}
+
+/// Accepts gate links over the Unix socket forever. Such gates are on this
+/// host: addresses they advertise on `0.0.0.0` are given as 127.0.0.1.
+pub async fn serve_unix(logic: Arc<Logic>, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let logic = logic.clone();
+                tokio::spawn(async move {
+                    let (rd, wr) = stream.into_split();
+                    if let Err(e) = handle(logic, rd, wr, IpAddr::from([127, 0, 0, 1])).await {
+                        tracing::info!("gate link (unix) closed: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("link accept (unix): {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle<R, W>(logic: Arc<Logic>, mut rd: R, wr: W, peer_ip: IpAddr) -> anyhow::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let hello = loop {
         if let Some(f) = Frame::parse(&mut buf, MAX_LINK_BODY)? {
@@ -118,7 +157,7 @@ struct Peer {
 async fn read_loop(
     logic: &Arc<Logic>,
     peer: &Peer,
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    rd: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
     tx: &mpsc::Sender<Bytes>,
 ) -> anyhow::Result<()> {
@@ -285,7 +324,7 @@ fn advertised(bound: &str, peer_ip: IpAddr) -> String {
 
 /// Writes queued frames, many per syscall: one blocking receive, then
 /// whatever else is already queued (rumqttd's router pattern).
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_loop(mut wr: impl AsyncWrite + Unpin, mut rx: mpsc::Receiver<Bytes>) {
     let mut batch = BytesMut::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
         batch.extend_from_slice(&first);
@@ -336,5 +375,21 @@ mod tests {
         }
         assert_eq!(peek_conn(&[]), 0);
         assert_eq!(peek_conn(&[0x08, 0xff]), 0, "truncated varint");
+    }
+
+    #[tokio::test]
+    async fn a_stale_unix_socket_is_replaced_and_a_live_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("link.sock");
+        let first = bind_unix(&path).await.expect("fresh path");
+        let e = bind_unix(&path).await.expect_err("a live listener owns it");
+        assert!(
+            format!("{e:#}").contains("another process is listening"),
+            "{e:#}"
+        );
+        drop(first);
+        assert!(path.exists(), "the dead listener's file stays behind");
+        let _second = bind_unix(&path).await.expect("stale file replaced");
+        UnixStream::connect(&path).await.expect("connectable");
     }
 }
