@@ -230,8 +230,12 @@ async fn to_users(
     let label = app.to_string();
     for status in [Delivery::Delivered, Delivery::Stored, Delivery::Offline] {
         let n = results.iter().filter(|r| r.status == status).count() as u64;
-        metrics::counter!("tidegate_logic_push_targets_total", "app" => label.clone(), "status" => status.name())
-            .increment(n);
+        // A registry lookup (labels formatted and hashed) only for a count
+        // that moves: most pushes have one status.
+        if n > 0 {
+            metrics::counter!("tidegate_logic_push_targets_total", "app" => label.clone(), "status" => status.name())
+                .increment(n);
+        }
     }
     logic
         .reach

@@ -36,6 +36,15 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// In declaration order: `stage as usize` indexes this.
+    const ALL: [Stage; 5] = [
+        Stage::Sent,
+        Stage::Online,
+        Stage::Written,
+        Stage::Acked,
+        Stage::Stored,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Stage::Sent => "sent",
@@ -59,8 +68,33 @@ pub struct Reach {
 
 #[derive(Default)]
 struct Counters {
-    local: HashMap<(u16, u16), ReachCounts>,
+    local: HashMap<(u16, u16), Local>,
     unflushed: HashMap<(u16, u16), ReachCounts>,
+}
+
+/// One app and msgtype's counts since start, with their Prometheus
+/// counters: registered once, not looked up (labels formatted, hashed)
+/// on every push.
+struct Local {
+    counts: ReachCounts,
+    exported: [metrics::Counter; 5],
+}
+
+impl Local {
+    fn new(app: u16, msgtype: u16) -> Local {
+        let counter = |stage: Stage| {
+            metrics::counter!(
+                "tidegate_logic_reach_total",
+                "app" => app.to_string(),
+                "msgtype" => msgtype.to_string(),
+                "stage" => stage.label()
+            )
+        };
+        Local {
+            counts: ReachCounts::default(),
+            exported: Stage::ALL.map(counter),
+        }
+    }
 }
 
 impl Reach {
@@ -69,18 +103,16 @@ impl Reach {
         if n == 0 {
             return;
         }
-        metrics::counter!(
-            "tidegate_logic_reach_total",
-            "app" => app.to_string(),
-            "msgtype" => msgtype.0.to_string(),
-            "stage" => stage.label()
-        )
-        .increment(n);
+        let key = (app.0, msgtype.0);
         let mut guard = self.lock();
         let c = &mut *guard;
-        for map in [&mut c.local, &mut c.unflushed] {
-            *stage.field(map.entry((app.0, msgtype.0)).or_default()) += n;
-        }
+        let local = c
+            .local
+            .entry(key)
+            .or_insert_with(|| Local::new(app.0, msgtype.0));
+        local.exported[stage as usize].increment(n);
+        *stage.field(&mut local.counts) += n;
+        *stage.field(c.unflushed.entry(key).or_default()) += n;
     }
 
     /// This instance's counters of one app and msgtype since it started.
@@ -88,7 +120,7 @@ impl Reach {
         let c = self.lock();
         c.local
             .get(&(app.0, msgtype.0))
-            .copied()
+            .map(|l| l.counts)
             .unwrap_or_default()
     }
 
