@@ -1,6 +1,7 @@
-//! A seconds-long `tidegate bench peers` against Mosquitto (tests/run
-//! installs the Debian package): both sides measured, ratios reported,
-//! every server it started stopped afterwards, and the hard deadline holds.
+//! Seconds-long `tidegate bench peers` runs against Mosquitto and against
+//! nginx + nchan (tests/run installs the Debian packages): both sides
+//! measured, ratios reported, every server it started (and nginx's workers)
+//! stopped afterwards, and the hard deadline holds.
 
 mod common;
 
@@ -20,7 +21,23 @@ fn peers(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn peers_run_reports_both_sides_and_ratios_then_stops_its_servers() {
-    let out = peers(&["--connections", "200", "--messages", "3", "--settle-s", "1"]);
+    peer_run(&[], "mosquitto version");
+}
+
+#[test]
+fn nchan_peer_run_reports_both_sides_and_stops_nginx_and_its_workers() {
+    let r = peer_run(&["--peer", "nchan"], "nginx/");
+    assert_eq!(r["peer_kind"], "nchan");
+}
+
+/// A 200-connection, 3-message run against the peer `args` choose: both
+/// sides hold every connection and get every message, ratios are reported,
+/// and every process the run started is gone afterwards.
+fn peer_run(args: &[&str], peer_server: &str) -> Value {
+    let mut all = vec!["--connections", "200", "--messages", "3", "--settle-s", "1"];
+    all.extend_from_slice(args);
+    let started_before = nginx_workers();
+    let out = peers(&all);
     assert!(
         out.status.success(),
         "bench peers: {}",
@@ -46,15 +63,45 @@ fn peers_run_reports_both_sides_and_ratios_then_stops_its_servers() {
             "{side} server {pid} still running"
         );
     }
-    assert!(r["peer"]["server"]
-        .as_str()
-        .unwrap()
-        .starts_with("mosquitto version"));
+    let server = r["peer"]["server"].as_str().unwrap();
+    assert!(server.starts_with(peer_server), "{server}");
+    // No worker process outlived its server (nginx's would, if its master
+    // were SIGKILLed). Other tests' runs may start and stop their own.
+    let orphans: Vec<u32> = nginx_workers()
+        .into_iter()
+        .filter(|p| !started_before.contains(p))
+        .filter(|p| parent_of(*p) == Some(1))
+        .collect();
+    assert!(orphans.is_empty(), "orphaned nginx workers: {orphans:?}");
     assert_eq!(r["ratios"]["connections_held"], 1.0);
     for k in ["bytes_per_conn", "fanout_msgs_per_s", "p99"] {
         assert!(r["ratios"][k].as_f64().unwrap() > 0.0, "ratio {k}: {r}");
     }
     assert_eq!(r["targets"]["all_delivered"], true);
+    r
+}
+
+/// Pids of processes named `nginx` (master or worker).
+fn nginx_workers() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "nginx")
+        })
+        .collect()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 #[test]

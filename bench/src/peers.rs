@@ -8,6 +8,7 @@
 
 pub mod fanout;
 pub mod mosquitto;
+pub mod nchan;
 pub mod process;
 pub mod storm;
 pub mod tidegate;
@@ -76,6 +77,9 @@ pub struct PeersArgs {
     /// The mosquitto binary (default: on PATH, or /usr/sbin/mosquitto).
     #[arg(long)]
     pub mosquitto: Option<PathBuf>,
+    /// The nginx binary for `--peer nchan` (default: on PATH, or /usr/sbin/nginx).
+    #[arg(long)]
+    pub nginx: Option<PathBuf>,
     /// Write the report as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -87,6 +91,9 @@ pub struct PeersArgs {
 pub enum Peer {
     /// Eclipse Mosquitto (Debian package `mosquitto`), MQTT 3.1.1, clean sessions.
     Mosquitto,
+    /// nginx with nchan (Debian `nginx` + `libnginx-mod-nchan`), EventSource
+    /// subscribers, HTTP POST publishing.
+    Nchan,
 }
 
 /// The work both sides do.
@@ -317,6 +324,11 @@ async fn both_sides(args: &PeersArgs, plan: Plan) -> anyhow::Result<PeersReport>
             )
             .await?
         }
+        Peer::Nchan => {
+            let bin = nchan::Nchan::binary(args.nginx.as_deref())?;
+            let nginx = nchan::Nchan::start(&bin).await?;
+            nchan::measure(nginx.addr, Some(nginx.pid()), &plan, nginx.version.clone()).await?
+        }
     };
     Ok(PeersReport {
         plan,
@@ -370,7 +382,9 @@ where
     Snd: FnOnce(Instant, Plan) -> SndFut,
     SndFut: Future<Output = anyhow::Result<Sent>>,
 {
-    let rss = || pid.and_then(|p| procfs::rss_bytes(p).ok());
+    // The process and its children: nginx's workers; for one-process
+    // servers the same as its own.
+    let rss = || pid.and_then(|p| procfs::tree_rss_bytes(p).ok());
     tokio::time::sleep(plan.settle).await;
     let rss_before = rss();
     let storm = storm::storm(plan.connections, plan.concurrency, open).await?;
@@ -392,7 +406,7 @@ where
     };
 
     let cpu = || {
-        let server = pid.and_then(|p| procfs::cpu_seconds(p).ok());
+        let server = pid.and_then(|p| procfs::tree_cpu_seconds(p).ok());
         (server, procfs::cpu_seconds(std::process::id()).ok())
     };
     let cpu_before = cpu();

@@ -48,6 +48,24 @@ pub fn tree_rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(total)
 }
 
+/// CPU time of `pid` and every process below it, seconds.
+pub fn tree_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let mut total = cpu_seconds(pid)?;
+    for child in children(pid) {
+        total += tree_cpu_seconds(child).unwrap_or(0.0);
+    }
+    Ok(total)
+}
+
+/// When `pid` started, in clock ticks since boot (/proc/PID/stat field
+/// 22): with the pid, names one process even after pids are reused.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    // Fields after the name start at 3 (state); starttime is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Direct children of `pid` (from every thread's `children` list).
 pub fn children(pid: u32) -> Vec<u32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {

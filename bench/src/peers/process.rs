@@ -10,16 +10,33 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// A server process bench started: SIGKILLed and reaped when dropped.
+/// A server process bench started: stopped and reaped when dropped.
 pub struct Server {
     child: Child,
     log: PathBuf,
+    /// The signal that stops it, on drop and if bench dies first.
+    stop: libc::c_int,
 }
+
+/// How long a server stopped with SIGTERM may take before it is SIGKILLed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
 
 impl Server {
     /// Starts `cmd` with stdin closed, stderr appended to `log` and stdout
-    /// kept for [`Server::stdout_lines`].
-    pub fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Server> {
+    /// kept for [`Server::stdout_lines`]; SIGKILLed when dropped.
+    pub fn spawn(cmd: Command, log: &Path) -> anyhow::Result<Server> {
+        Server::spawn_stopped_by(cmd, log, libc::SIGKILL)
+    }
+
+    /// [`Server::spawn`] for a server with worker processes of its own
+    /// (nginx): SIGTERM makes it stop them, where SIGKILL would leave them
+    /// running as orphans; SIGKILL follows after [`STOP_GRACE`], and to any
+    /// child still left.
+    pub fn spawn_with_workers(cmd: Command, log: &Path) -> anyhow::Result<Server> {
+        Server::spawn_stopped_by(cmd, log, libc::SIGTERM)
+    }
+
+    fn spawn_stopped_by(mut cmd: Command, log: &Path, stop: libc::c_int) -> anyhow::Result<Server> {
         let err =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
@@ -28,8 +45,8 @@ impl Server {
         // bench spawns from the runtime's long-lived threads, so in practice
         // when bench exits, however it exits.
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, stop) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -41,6 +58,7 @@ impl Server {
         Ok(Server {
             child,
             log: log.to_path_buf(),
+            stop,
         })
     }
 
@@ -75,6 +93,25 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.stop != libc::SIGKILL && self.exited().is_none() {
+            let workers: Vec<(u32, Option<u64>)> = crate::procfs::children(self.pid())
+                .into_iter()
+                .map(|pid| (pid, crate::procfs::start_ticks(pid)))
+                .collect();
+            // SAFETY: kill(2) on our own child's pid, not yet reaped.
+            unsafe { libc::kill(self.pid() as libc::pid_t, self.stop) };
+            let end = std::time::Instant::now() + STOP_GRACE;
+            while self.exited().is_none() && std::time::Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            for (pid, started) in workers {
+                // Only the same process (same start time), never a reused pid.
+                if started.is_some() && crate::procfs::start_ticks(pid) == started {
+                    // SAFETY: kill(2) on a worker that outlived its master.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
