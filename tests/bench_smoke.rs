@@ -124,6 +124,22 @@ fn connect_storm_reports_logins_and_failures_by_reason() {
     assert_eq!(ok["login_latency"]["count"], 100);
     assert!(ok["login_latency"]["p50_us"].as_u64().unwrap() > 0);
     assert!(ok["logins_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(ok["bench_procs"], 1, "{ok}");
+
+    // Spread over worker processes: every worker's logins merged.
+    let spread = bench(&[
+        "connect",
+        "--target",
+        &target,
+        "--connections",
+        "90",
+        "--procs",
+        "3",
+    ]);
+    assert_eq!(spread["bench_procs"], 3, "{spread}");
+    assert_eq!(spread["logged_in"], 90, "{spread}");
+    assert_eq!(spread["login_latency"]["count"], 90, "{spread}");
+    assert_eq!(spread["connect_latency"]["count"], 90, "{spread}");
 
     let refused = bench(&[
         "connect",

@@ -9,6 +9,7 @@
 #   bench/scripts/c1m.sh [CONNECTIONS] [OUT.json]
 #   RATE=2200 bench/scripts/c1m.sh ...          logins per second (open loop)
 #   SCENARIO=broadcast bench/scripts/c1m.sh ... broadcast to all N instead of idle
+#   SCENARIO=connect bench/scripts/c1m.sh ...   the connect+login storm alone
 set -euo pipefail
 N=${1:-1000000}
 OUT=${2:-bench/results/c1m-$N.json}
@@ -83,7 +84,11 @@ broadcast)
         --connections "$N" --messages "${MESSAGES:-5}" --interval-ms "${INTERVAL_MS:-5000}" --drain-s "${DRAIN_S:-10}" \
         --concurrency "${CONCURRENCY:-4000}" ${RATE:+--login-rate "$RATE"} --json "$OUT" >/dev/null
     ;;
-*) echo "SCENARIO is idle or broadcast" >&2; exit 2 ;;
+connect)
+    "$BIN" bench connect --target "127.0.0.1:$CLIENT_PORT" --connections "$N" \
+        --concurrency "${CONCURRENCY:-4000}" "${RATE_ARGS[@]}" --json "$OUT" >/dev/null
+    ;;
+*) echo "SCENARIO is idle, broadcast or connect" >&2; exit 2 ;;
 esac
 python3 - "$OUT" <<'PY'
 import json, sys

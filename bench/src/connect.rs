@@ -3,9 +3,12 @@
 //! schedule or as fast as `--concurrency` allows; the report gives logins
 //! per second, failures by reason and login latency, then every client
 //! disconnects. It is the storm `idle`, `push`, `broadcast` and `c2s` start
-//! with (`fleet::storm`), reported on its own.
+//! with (`fleet::storm`), reported on its own. Past one process's
+//! descriptor limit the storm is spread over `--procs` bench processes
+//! (`spread::storm`), whose histograms are added.
 
 use crate::fleet::{self, StormPlan};
+use crate::spread::{self, HoldPlan};
 use crate::{report, Percentiles};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -39,6 +42,10 @@ pub struct ConnectArgs {
     /// An attempt not logged in after this many milliseconds counts as `timeout`.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Bench processes running the storm (default: as few as the
+    /// open-files limit allows, ~19,000 connections each here).
+    #[arg(long)]
+    pub procs: Option<usize>,
     /// Write the report as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -66,12 +73,15 @@ pub struct ConnectReport {
     pub login_latency: Percentiles,
     /// The TCP connect alone.
     pub connect_latency: Percentiles,
+    /// Bench processes that ran the storm (with several, `duration_s`
+    /// includes starting them, so `logins_per_s` is never flattered).
+    pub bench_procs: usize,
 }
 
 /// Runs the scenario.
 pub async fn run(args: ConnectArgs) -> anyhow::Result<ConnectReport> {
     report::ensure_loopback(args.target, "--target")?;
-    report::ensure_range("--connections", args.connections, 1, 100_000)?;
+    report::ensure_range("--connections", args.connections, 1, 1_200_000)?;
     report::ensure_range("--concurrency", args.concurrency, 1, 20_000)?;
     report::ensure_range("--timeout-ms", args.timeout_ms, 1, 120_000)?;
     if let Some(rate) = args.rate {
@@ -87,28 +97,52 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ConnectReport> {
         rate: args.rate,
         timeout: Duration::from_millis(args.timeout_ms),
     };
-    let limit = plan.worst_case() + Duration::from_secs(30);
-    let r = report::within(limit, storm_and_leave(&args, &plan)).await?;
+    let procs = spread::procs_for(args.connections, args.procs);
+    report::ensure_range("--procs", procs, 1, 200)?;
+    let cap = crate::procs::per_process_capacity();
+    anyhow::ensure!(
+        args.connections.div_ceil(procs) <= cap,
+        "{} connections over {procs} processes is more than {cap} per process \
+         (the open-files limit); use more --procs or leave it out",
+        args.connections
+    );
+    let limit = plan.worst_case() + Duration::from_secs(60);
+    let r = report::within(limit, storm_and_leave(&args, &plan, procs)).await?;
     report::write_json(args.json.as_deref(), &r)?;
     Ok(r)
 }
 
-async fn storm_and_leave(args: &ConnectArgs, plan: &StormPlan) -> anyhow::Result<ConnectReport> {
-    let storm = fleet::storm(plan).await?;
-    let logged_in = storm.members.len();
-    let logins_per_s = storm.logins_per_s();
-    // Dropping a client closes its socket (FIN); the gateway then ends the
-    // session and tells logic, as for any client that goes away.
-    drop(storm.members);
+async fn storm_and_leave(
+    args: &ConnectArgs,
+    plan: &StormPlan,
+    procs: usize,
+) -> anyhow::Result<ConnectReport> {
+    let storm = if procs == 1 {
+        let (summary, members) = fleet::storm(plan).await?.into_parts();
+        // Dropping a client closes its socket (FIN); the gateway then ends
+        // the session and tells logic, as for any client that goes away.
+        drop(members);
+        summary
+    } else {
+        // Workers hold their clients only until released, right away.
+        let hold = HoldPlan {
+            keepalive: Duration::from_secs(3600),
+            max_hold: plan.worst_case() + Duration::from_secs(60),
+        };
+        let (summary, workers) = spread::storm(plan, procs, hold, None).await?;
+        workers.release().await?;
+        summary
+    };
     Ok(ConnectReport {
         requested: args.connections,
-        logged_in,
+        logged_in: storm.logged_in,
+        logins_per_s: storm.logins_per_s(),
         failures: storm.failures,
         rate_per_s: args.rate,
         concurrency: args.concurrency,
         duration_s: storm.elapsed.as_secs_f64(),
-        logins_per_s,
         login_latency: storm.latency.percentiles(),
         connect_latency: storm.connect_latency.percentiles(),
+        bench_procs: procs,
     })
 }
