@@ -192,10 +192,12 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// A multi-thread tokio runtime whose threads carry `role` in their name
+/// (`top -H`, perf and /proc tell logic from bench by it).
+fn runtime(role: &str) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_name("tidegate-logic")
+        .thread_name(format!("tidegate-{role}"))
         .build()
         .context("starting the tokio runtime")
 }
@@ -276,7 +278,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         cfg.apps.push(config::dev_app());
     }
     let prom = metrics_recorder()?;
-    let rt = runtime()?;
+    let rt = runtime("logic")?;
     // The gateway links to logic over a Unix socket: in one process there
     // is no reason to pay the TCP stack twice per push (measured below).
     let temp_socket = cfg.logic.link_unix.is_none().then(|| {
@@ -424,7 +426,7 @@ fn logic(args: LogicArgs) -> anyhow::Result<()> {
         cfg.logic.http_addr = a;
     }
     let prom = metrics_recorder()?;
-    runtime()?.block_on(async move {
+    runtime("logic")?.block_on(async move {
         let (store, store_desc) = open_store(&cfg.store).await?;
         let logic = LogicServer::start(cfg.logic, cfg.apps, store, prom).await?;
         println!("tidegate logic: {} on {store_desc}", logic.logic.logic_id);
@@ -458,13 +460,17 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     b::report::set_quiet(args.quiet);
     let report = match args.cmd {
         // A worker speaks JSON lines to its parent as it goes.
-        BenchCmd::FleetWorker(a) => return runtime()?.block_on(b::spread::worker(a)),
-        BenchCmd::Idle(a) => serde_json::to_value(runtime()?.block_on(b::idle::run(a))?),
-        BenchCmd::Push(a) => serde_json::to_value(runtime()?.block_on(b::push::run(a))?),
-        BenchCmd::Peers(a) => serde_json::to_value(runtime()?.block_on(b::peers::run(a))?),
-        BenchCmd::Connect(a) => serde_json::to_value(runtime()?.block_on(b::connect::run(a))?),
-        BenchCmd::Broadcast(a) => serde_json::to_value(runtime()?.block_on(b::broadcast::run(a))?),
-        BenchCmd::C2s(a) => serde_json::to_value(runtime()?.block_on(b::c2s::run(a))?),
+        BenchCmd::FleetWorker(a) => return runtime("bench")?.block_on(b::spread::worker(a)),
+        BenchCmd::Idle(a) => serde_json::to_value(runtime("bench")?.block_on(b::idle::run(a))?),
+        BenchCmd::Push(a) => serde_json::to_value(runtime("bench")?.block_on(b::push::run(a))?),
+        BenchCmd::Peers(a) => serde_json::to_value(runtime("bench")?.block_on(b::peers::run(a))?),
+        BenchCmd::Connect(a) => {
+            serde_json::to_value(runtime("bench")?.block_on(b::connect::run(a))?)
+        }
+        BenchCmd::Broadcast(a) => {
+            serde_json::to_value(runtime("bench")?.block_on(b::broadcast::run(a))?)
+        }
+        BenchCmd::C2s(a) => serde_json::to_value(runtime("bench")?.block_on(b::c2s::run(a))?),
         BenchCmd::Report(a) => {
             let files = b::html::run(&a)?;
             println!("{}: report of {files} files", a.out.display());
