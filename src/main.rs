@@ -460,7 +460,16 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     b::report::set_quiet(args.quiet);
     let report = match args.cmd {
         // A worker speaks JSON lines to its parent as it goes.
-        BenchCmd::FleetWorker(a) => return runtime("bench")?.block_on(b::spread::worker(a)),
+        // One thread per worker: a million clients take ~53 worker
+        // processes on 2 cores, and each process's extra runtime threads
+        // only add context switches.
+        BenchCmd::FleetWorker(a) => {
+            return tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?
+                .block_on(b::spread::worker(a))
+        }
         BenchCmd::Idle(a) => serde_json::to_value(runtime("bench")?.block_on(b::idle::run(a))?),
         BenchCmd::Push(a) => serde_json::to_value(runtime("bench")?.block_on(b::push::run(a))?),
         BenchCmd::Peers(a) => serde_json::to_value(runtime("bench")?.block_on(b::peers::run(a))?),

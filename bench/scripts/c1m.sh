@@ -10,6 +10,7 @@
 #   RATE=2200 bench/scripts/c1m.sh ...          logins per second (open loop)
 #   SCENARIO=broadcast bench/scripts/c1m.sh ... broadcast to all N instead of idle
 #   SCENARIO=connect bench/scripts/c1m.sh ...   the connect+login storm alone
+#   SHARDS=2 bench/scripts/c1m.sh ...           shards per gateway worker (default 1)
 set -euo pipefail
 N=${1:-1000000}
 OUT=${2:-bench/results/c1m-$N.json}
@@ -48,6 +49,9 @@ idle_timeout_s = 900
 # buckets grow with the ring (up to 256 at 4096 entries); every cancel walks
 # one bucket, so 16 buckets made each login cost O(connections).
 ring_depth = ${RING_DEPTH:-4096}
+# One shard per worker process: dozens of workers already spread the load
+# over both cores, and every extra shard is another thread to schedule.
+shards = ${SHARDS:-1}
 
 [logic]
 link_addr = "127.0.0.1:$LINK_PORT"
