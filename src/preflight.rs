@@ -288,6 +288,7 @@ mod tests {
                 first: 10_240,
                 last: 65_535,
             }),
+            tcp_ehash_entries: Some(4_194_304),
             tcp_mem: Some(Triple {
                 low: 2_097_152,
                 mid: 4_194_304,
@@ -345,6 +346,26 @@ mod tests {
             assert_eq!(c.status, Status::Ok, "{c:#?}");
             assert!(c.fix.is_none(), "{c:#?}");
         }
+    }
+
+    #[test]
+    fn a_small_established_hash_is_advisory_with_the_boot_and_netns_fixes() {
+        let mut h = roomy();
+        h.tcp_ehash_entries = Some(262_144);
+        let mut t = target(1_000_000, 51);
+        t.peers = Peers::Local;
+        let r = assess(&t, &h);
+        let c = r
+            .checks
+            .iter()
+            .find(|c| c.setting == "net.ipv4.tcp_ehash_entries")
+            .unwrap();
+        assert_eq!(c.status, Status::Advisory);
+        assert_eq!(c.recommended, "2097152", "two loopback ends per connection");
+        let fix = c.fix.as_deref().unwrap();
+        assert!(fix.contains("thash_entries=2097152"), "{fix}");
+        assert!(fix.contains("tcp_child_ehash_entries=2097152"), "{fix}");
+        assert!(r.ok, "advisory never blocks");
     }
 
     #[test]

@@ -13,7 +13,7 @@ const SMALL: &str = "500";
 const IMPOSSIBLE: &str = "10000000000";
 
 /// Every setting the report covers.
-const SETTINGS: [&str; 14] = [
+const SETTINGS: [&str; 15] = [
     "fs.file-max",
     "fs.nr_open",
     "nofile (RLIMIT_NOFILE)",
@@ -28,6 +28,7 @@ const SETTINGS: [&str; 14] = [
     "net.ipv4.tcp_rmem",
     "net.ipv4.tcp_wmem",
     "net.ipv4.tcp_migrate_req",
+    "net.ipv4.tcp_ehash_entries",
 ];
 
 fn preflight(args: &[&str]) -> Output {

@@ -92,6 +92,9 @@ pub struct Readings {
     pub tcp_wmem: Option<Triple>,
     /// `net.ipv4.tcp_migrate_req` (absent before Linux 5.14).
     pub tcp_migrate_req: Option<u64>,
+    /// `net.ipv4.tcp_ehash_entries`: buckets of this network namespace's
+    /// established-connections hash (read-only; set at boot or per netns).
+    pub tcp_ehash_entries: Option<u64>,
     /// RLIMIT_NOFILE of this process.
     pub nofile: Option<Rlimit>,
     /// RLIMIT_MEMLOCK of this process (bytes).
@@ -134,6 +137,7 @@ pub fn read() -> Readings {
         tcp_rmem: sys("net/ipv4/tcp_rmem").and_then(|s| parse_triple(&s)),
         tcp_wmem: sys("net/ipv4/tcp_wmem").and_then(|s| parse_triple(&s)),
         tcp_migrate_req: number("net/ipv4/tcp_migrate_req"),
+        tcp_ehash_entries: number("net/ipv4/tcp_ehash_entries"),
         nofile: rlimit(libc::RLIMIT_NOFILE),
         memlock: rlimit(libc::RLIMIT_MEMLOCK),
         mem_total: meminfo_bytes(&meminfo, "MemTotal"),
