@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{get_json, post_json, token, Backend, Tidegate, BIN};
+use common::{get_json, post_json, statuses, token, Backend, Tidegate, BIN};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -42,16 +42,6 @@ async fn login(tg: &Tidegate, uid: &str) -> Client {
 
 async fn push(tg: &Tidegate, body: Value) -> (u16, Value) {
     post_json(&tg.url("/v1/push"), &body).await
-}
-
-/// Statuses of a list push, in request order.
-fn statuses(body: &Value) -> Vec<&str> {
-    body["results"]
-        .as_array()
-        .expect("results")
-        .iter()
-        .map(|r| r["status"].as_str().unwrap())
-        .collect()
 }
 
 async fn stored_then_pulled_acked_and_gone(tg: &Tidegate) {

@@ -10,8 +10,8 @@
 
 mod common;
 
-use common::{get_json, metric, post_json, token, Backend, Tidegate};
-use serde_json::{json, Value};
+use common::{get_json, metric, post_json, statuses, token, Backend, Tidegate};
+use serde_json::json;
 use std::time::Duration;
 use tidegate_logic::store::redis::RedisStore;
 use tidegate_logic::store::{DevicePolicy, NewSession, SessionKey, Store};
@@ -36,15 +36,6 @@ async fn online_sessions(tg: &Tidegate, uid: &str) -> usize {
     body["presence"][0]["devices"]
         .as_array()
         .map_or(0, |d| d.len())
-}
-
-fn statuses(body: &Value) -> Vec<&str> {
-    body["results"]
-        .as_array()
-        .expect("results")
-        .iter()
-        .map(|r| r["status"].as_str().unwrap())
-        .collect()
 }
 
 /// Writes a session for `uid` into presence on the same gate shard (and
@@ -115,24 +106,8 @@ async fn a_push_to_a_session_the_gate_lost_goes_to_the_inbox_and_presence_is_cor
         online_sessions(&tg, "carol").await == 1
     })
     .await;
-    let logic_metrics = || async {
-        reqwest::get(tg.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    until("stored counted", || async {
-        let text = logic_metrics().await;
-        metric(
-            &text,
-            "tidegate_logic_push_missed_total",
-            "outcome=\"stored\"",
-        ) == 1.0
-    })
-    .await;
-    let text = logic_metrics().await;
+    until_missed(&tg, "stored").await;
+    let text = logic_metrics(&tg).await;
     let removed = metric(
         &text,
         "tidegate_logic_stale_sessions_total",
@@ -159,17 +134,28 @@ async fn a_push_to_a_session_the_gate_lost_goes_to_the_inbox_and_presence_is_cor
         online_sessions(&tg, "dave").await == 0
     })
     .await;
-    until("dropped counted", || async {
-        let text = logic_metrics().await;
-        metric(
-            &text,
-            "tidegate_logic_push_missed_total",
-            "outcome=\"dropped\"",
-        ) == 1.0
-    })
-    .await;
+    until_missed(&tg, "dropped").await;
     let mut dave = login(&tg, "dave").await;
     assert!(dave.pull_offline("", 0).await.unwrap().messages.is_empty());
+}
+
+async fn logic_metrics(tg: &Tidegate) -> String {
+    reqwest::get(tg.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Waits until logic has counted one missed push target with `outcome`.
+async fn until_missed(tg: &Tidegate, outcome: &str) {
+    let label = format!("outcome=\"{outcome}\"");
+    until(&format!("{outcome} counted"), || async {
+        let text = logic_metrics(tg).await;
+        metric(&text, "tidegate_logic_push_missed_total", &label) == 1.0
+    })
+    .await;
 }
 
 /// Polls `check` every 20 ms until it holds; panics naming `what` after [`WAIT`].

@@ -46,24 +46,19 @@ pub fn checks(t: &Target, r: &Readings) -> Vec<Check> {
 /// no measurable difference there (9.36 s vs 9.26-9.52 s to the last).
 fn ehash(t: &Target, r: &Readings) -> Check {
     let need = (t.connections * t.peers.ends()).next_power_of_two();
-    let setting = "net.ipv4.tcp_ehash_entries";
-    let (now, status) = match r.tcp_ehash_entries {
-        None => ("unreadable".to_string(), Status::Advisory),
-        Some(v) if v < need => (v.to_string(), Status::Advisory),
-        Some(v) => (v.to_string(), Status::Ok),
-    };
-    Check {
-        setting,
-        now,
-        recommended: need.to_string(),
-        status,
-        fix: (status != Status::Ok).then(|| {
-            format!(
-                "read-only: boot with thash_entries={need}, or run in a network namespace created after sysctl -w net.ipv4.tcp_child_ehash_entries={need}"
-            )
-        }),
-        why: "buckets of the established-connections hash every TCP packet is looked up in; fewer than sockets makes each lookup walk a chain".into(),
-    }
+    let mut check = at_least(
+        "net.ipv4.tcp_ehash_entries",
+        r.tcp_ehash_entries,
+        need,
+        "buckets of the established-connections hash every TCP packet is looked up in; fewer than sockets makes each lookup walk a chain".into(),
+    );
+    // Read-only: sysctl -w cannot fix it.
+    check.fix = check.fix.map(|_| {
+        format!(
+            "read-only: boot with thash_entries={need}, or run in a network namespace created after sysctl -w net.ipv4.tcp_child_ehash_entries={need}"
+        )
+    });
+    check
 }
 
 /// A check of one number that should be at least `need`.

@@ -167,6 +167,16 @@ pub async fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json:
     (status, resp.json().await.expect("json body"))
 }
 
+/// Statuses of a list push's answer, in request order.
+pub fn statuses(body: &serde_json::Value) -> Vec<&str> {
+    body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect()
+}
+
 /// Mints a token with the real `tidegate token` command.
 pub fn token(app: u16, uid: &str) -> String {
     let out = Command::new(BIN)

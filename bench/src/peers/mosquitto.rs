@@ -21,9 +21,6 @@ use tokio::net::TcpStream;
 const TOPIC: &str = "tidegate/bench/fanout";
 /// How long the broker may take to answer its first PINGREQ.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// Ports tried before giving up (another process may take a free port
-/// between our check and the broker's bind).
-const PORT_ATTEMPTS: usize = 3;
 
 /// A broker this run started; stopped when dropped.
 pub struct Mosquitto {
@@ -49,49 +46,20 @@ impl Mosquitto {
     /// Starts `bin` on a free loopback port and waits until it serves MQTT.
     pub async fn start(bin: &Path) -> anyhow::Result<Mosquitto> {
         let version = version_of(bin)?;
-        let mut last_error = None;
-        for _ in 0..PORT_ATTEMPTS {
-            match Mosquitto::start_on(bin, process::free_port()?).await {
-                Ok((server, addr, dir)) => {
-                    return Ok(Mosquitto {
-                        server,
-                        addr,
-                        version,
-                        _dir: dir,
-                    })
-                }
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("mosquitto did not start")))
-    }
-
-    async fn start_on(
-        bin: &Path,
-        port: u16,
-    ) -> anyhow::Result<(Server, SocketAddr, tempfile::TempDir)> {
-        let dir = tempfile::tempdir().context("creating a temporary directory")?;
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf, config(port)).context("writing mosquitto.conf")?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("-c").arg(&conf);
-        let mut server = Server::spawn(cmd, &dir.path().join("mosquitto.log"))?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let end = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = server.exited() {
-                anyhow::bail!("mosquitto exited ({status}): {}", server.log_tail());
-            }
-            if probe(addr).await.is_ok() {
-                return Ok((server, addr, dir));
-            }
-            anyhow::ensure!(
-                Instant::now() < end,
-                "mosquitto did not answer on {addr} within {START_TIMEOUT:?}: {}",
-                server.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let spawn = |port: u16, dir: &Path| {
+            let conf = dir.join("mosquitto.conf");
+            std::fs::write(&conf, config(port)).context("writing mosquitto.conf")?;
+            let mut cmd = Command::new(bin);
+            cmd.arg("-c").arg(&conf);
+            Server::spawn(cmd, &dir.join("mosquitto.log"))
+        };
+        let started = process::start_on_free_port("mosquitto", START_TIMEOUT, spawn, probe).await?;
+        Ok(Mosquitto {
+            server: started.server,
+            addr: started.addr,
+            version,
+            _dir: started.dir,
+        })
     }
 
     /// The process id.

@@ -29,9 +29,6 @@ use tokio::net::TcpStream;
 const MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
 /// How long nginx may take to answer its first request.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// Ports tried before giving up (another process may take a free port
-/// between our check and nginx's bind).
-const PORT_ATTEMPTS: usize = 3;
 /// Largest HTTP response head or SSE event this client accepts.
 const MAX_MESSAGE: usize = 64 * 1024;
 
@@ -62,49 +59,20 @@ impl Nchan {
     /// Starts `bin` on a free loopback port and waits until it serves HTTP.
     pub async fn start(bin: &Path) -> anyhow::Result<Nchan> {
         let version = version_of(bin)?;
-        let mut last_error = None;
-        for _ in 0..PORT_ATTEMPTS {
-            match Nchan::start_on(bin, process::free_port()?).await {
-                Ok((server, addr, dir)) => {
-                    return Ok(Nchan {
-                        server,
-                        addr,
-                        version,
-                        _dir: dir,
-                    })
-                }
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("nginx did not start")))
-    }
-
-    async fn start_on(
-        bin: &Path,
-        port: u16,
-    ) -> anyhow::Result<(Server, SocketAddr, tempfile::TempDir)> {
-        let dir = tempfile::tempdir().context("creating a temporary directory")?;
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, config(port, dir.path())).context("writing nginx.conf")?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("-c").arg(&conf).arg("-p").arg(dir.path());
-        let mut server = Server::spawn_with_workers(cmd, &dir.path().join("nginx.log"))?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let end = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = server.exited() {
-                anyhow::bail!("nginx exited ({status}): {}", server.log_tail());
-            }
-            if probe(addr).await.is_ok() {
-                return Ok((server, addr, dir));
-            }
-            anyhow::ensure!(
-                Instant::now() < end,
-                "nginx did not answer on {addr} within {START_TIMEOUT:?}: {}",
-                server.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let spawn = |port: u16, dir: &Path| {
+            let conf = dir.join("nginx.conf");
+            std::fs::write(&conf, config(port, dir)).context("writing nginx.conf")?;
+            let mut cmd = Command::new(bin);
+            cmd.arg("-c").arg(&conf).arg("-p").arg(dir);
+            Server::spawn_with_workers(cmd, &dir.join("nginx.log"))
+        };
+        let started = process::start_on_free_port("nginx", START_TIMEOUT, spawn, probe).await?;
+        Ok(Nchan {
+            server: started.server,
+            addr: started.addr,
+            version,
+            _dir: started.dir,
+        })
     }
 
     /// The master's process id (its workers are its children).

@@ -124,6 +124,83 @@ pub fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(8)..].join("\n")
 }
 
+/// Ports tried before giving up on starting a server (another process may
+/// take a free port between our check and the server's bind).
+const PORT_ATTEMPTS: usize = 3;
+
+/// A peer server this run started, serving on `addr`.
+pub struct Started {
+    /// The process, stopped when dropped.
+    pub server: Server,
+    /// Its loopback listener.
+    pub addr: std::net::SocketAddr,
+    /// Its config and log; removed when dropped.
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts a server on a free loopback port with its files in a fresh
+/// temporary directory (`spawn(port, dir)` writes its config and starts
+/// it), and waits until `probe` answers; up to [`PORT_ATTEMPTS`] ports.
+pub async fn start_on_free_port<S, P, Fut, E>(
+    what: &str,
+    timeout: Duration,
+    spawn: S,
+    probe: P,
+) -> anyhow::Result<Started>
+where
+    S: Fn(u16, &Path) -> anyhow::Result<Server>,
+    P: Fn(std::net::SocketAddr) -> Fut + Copy,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    let mut last_error = None;
+    for _ in 0..PORT_ATTEMPTS {
+        let port = free_port()?;
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let started = match spawn(port, dir.path()) {
+            Ok(mut server) => until_serving(&mut server, what, addr, timeout, probe)
+                .await
+                .map(|()| server),
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(server) => return Ok(Started { server, addr, dir }),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("{what} did not start")))
+}
+
+/// Waits until `probe` answers, failing when the server exits first or
+/// `timeout` passes (with the tail of its log either way).
+async fn until_serving<P, Fut, E>(
+    server: &mut Server,
+    what: &str,
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+    probe: P,
+) -> anyhow::Result<()>
+where
+    P: Fn(std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = server.exited() {
+            anyhow::bail!("{what} exited ({status}): {}", server.log_tail());
+        }
+        if probe(addr).await.is_ok() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < end,
+            "{what} did not answer on {addr} within {timeout:?}: {}",
+            server.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A loopback port nothing listens on right now (bound, then released; a
 /// caller that loses the race retries with another).
 pub fn free_port() -> anyhow::Result<u16> {
