@@ -16,7 +16,7 @@
 use crate::gates::ShardAddr;
 use crate::presence;
 use crate::reach::Stage;
-use crate::store::{InboxMessage, SessionKey, SessionRecord};
+use crate::store::{InboxMessage, SessionKey, SessionRecord, StoreError};
 use crate::Logic;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -118,6 +118,30 @@ pub struct OfflineCopy {
     pub max_len: u64,
 }
 
+impl OfflineCopy {
+    /// Puts the copy in each of `uids`' inboxes and counts it (reach
+    /// `stored`, evictions); on failure nothing is counted and the caller
+    /// says what became of the targets.
+    pub async fn store_for(
+        &self,
+        logic: &Logic,
+        app: AppCode,
+        msgtype: MsgType,
+        uids: &[String],
+    ) -> Result<(), StoreError> {
+        let evicted = logic
+            .store
+            .store_offline(app, uids, &self.message, self.max_len)
+            .await?;
+        logic
+            .reach
+            .add(app, msgtype, Stage::Stored, uids.len() as u64);
+        metrics::counter!("tidegate_logic_offline_evicted_total", "app" => app.to_string())
+            .increment(evicted.iter().sum());
+        Ok(())
+    }
+}
+
 /// Sends the push as one LINK_DELIVER per gate shard of `plan`; returns,
 /// per target in request order, whether a linked shard took it for at
 /// least one of its sessions.
@@ -201,28 +225,16 @@ impl Missed {
         let app = self.app.to_string();
         let outcome = match &self.fallback {
             None => "dropped",
-            Some(copy) => {
-                let stored = self
-                    .logic
-                    .store
-                    .store_offline(self.app, &unreached, &copy.message, copy.max_len)
-                    .await;
-                match stored {
-                    Ok(evicted) => {
-                        let n = unreached.len() as u64;
-                        self.logic
-                            .reach
-                            .add(self.app, self.msgtype, Stage::Stored, n);
-                        metrics::counter!("tidegate_logic_offline_evicted_total", "app" => app.clone())
-                            .increment(evicted.iter().sum());
-                        "stored"
-                    }
-                    Err(e) => {
-                        tracing::warn!(app = %self.app, targets = unreached.len(), "offline store of missed push: {e}");
-                        "store_error"
-                    }
+            Some(copy) => match copy
+                .store_for(&self.logic, self.app, self.msgtype, &unreached)
+                .await
+            {
+                Ok(()) => "stored",
+                Err(e) => {
+                    tracing::warn!(app = %self.app, targets = unreached.len(), "offline store of missed push: {e}");
+                    "store_error"
                 }
-            }
+            },
         };
         metrics::counter!("tidegate_logic_push_missed_total", "app" => app, "outcome" => outcome)
             .increment(unreached.len() as u64);

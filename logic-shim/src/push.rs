@@ -267,25 +267,15 @@ async fn store_offline(
     if offline.is_empty() {
         return;
     }
-    let label = app.to_string();
-    match logic
-        .store
-        .store_offline(app, &offline, &copy.message, copy.max_len)
-        .await
-    {
-        Ok(evicted) => {
+    match copy.store_for(logic, app, msgtype, &offline).await {
+        Ok(()) => {
             for r in results.iter_mut().filter(|r| r.status == Delivery::Offline) {
                 r.status = Delivery::Stored;
             }
-            logic
-                .reach
-                .add(app, msgtype, Stage::Stored, offline.len() as u64);
-            metrics::counter!("tidegate_logic_offline_evicted_total", "app" => label)
-                .increment(evicted.iter().sum());
         }
         Err(e) => {
             tracing::warn!(app = %app, targets = offline.len(), "offline store: {e}");
-            metrics::counter!("tidegate_logic_offline_store_failures_total", "app" => label)
+            metrics::counter!("tidegate_logic_offline_store_failures_total", "app" => app.to_string())
                 .increment(offline.len() as u64);
         }
     }
