@@ -280,13 +280,11 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     let prom = metrics_recorder()?;
     let rt = runtime("logic")?;
     // The gateway links to logic over a Unix socket: in one process there
-    // is no reason to pay the TCP stack twice per push (measured below).
-    let temp_socket = cfg.logic.link_unix.is_none().then(|| {
-        let name = format!("tidegate-up-{}.link.sock", std::process::id());
-        std::env::temp_dir().join(name)
-    });
-    if let Some(path) = &temp_socket {
-        cfg.logic.link_unix = Some(path.clone());
+    // is no reason to pay the TCP stack twice per push (README, push
+    // latency). An abstract one: no file left behind, however `up` ends.
+    if cfg.logic.link_unix.is_none() {
+        let name = format!("@tidegate-up-{}", std::process::id());
+        cfg.logic.link_unix = Some(PathBuf::from(name));
     }
     rt.block_on(async move {
         let (store, store_desc) = open_store(&cfg.store).await?;
@@ -310,9 +308,6 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         drain_gateway(gw, drain).await;
         Ok::<_, anyhow::Error>(())
     })?;
-    if let Some(path) = temp_socket {
-        let _ = std::fs::remove_file(path);
-    }
     // glommio executors do not stop on their own; the process owns them.
     std::process::exit(0);
 }

@@ -33,7 +33,8 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 const DEAD_AFTER: Duration = Duration::from_secs(15);
 
 /// Where a logic instance takes gate links: `host:port`, or
-/// `unix:/path/to/socket` for a logic instance on the same host.
+/// `unix:/path/to/socket` for a logic instance on the same host
+/// (`unix:@name`: an abstract socket, which leaves no file behind).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(try_from = "String")]
 pub enum LinkAddr {
@@ -159,7 +160,7 @@ pub async fn run(shard: Rc<Shard>, idx: usize) {
                 }
                 Err(e) => Err(e),
             },
-            LinkAddr::Unix(path) => match UnixStream::connect(path).await {
+            LinkAddr::Unix(path) => match connect_unix(path).await {
                 Ok(stream) => Ok(connected(&shard, &link, stream).await),
                 Err(e) => Err(e),
             },
@@ -185,6 +186,25 @@ pub async fn run(shard: Rc<Shard>, idx: usize) {
         glommio::timer::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// Connects to logic's Unix socket. A path starting with `@` names an
+/// abstract socket (Linux): nothing on the filesystem, gone with the
+/// process that listens, even one killed with SIGKILL. glommio connects
+/// only to filesystem paths, so the abstract connect is made with std (a
+/// local Unix connect does not wait on the network) and handed over.
+async fn connect_unix(path: &std::path::Path) -> glommio::Result<UnixStream, ()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::{FromRawFd, IntoRawFd};
+    let Some(name) = path.as_os_str().as_bytes().strip_prefix(b"@") else {
+        return UnixStream::connect(path).await;
+    };
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    let stream = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+    stream.set_nonblocking(true)?;
+    // SAFETY: a connected stream socket this function owns, handed over once.
+    Ok(unsafe { UnixStream::from_raw_fd(stream.into_raw_fd()) })
 }
 
 enum Event {
@@ -302,6 +322,8 @@ mod tests {
         let unix: LinkAddr = "unix:/run/tg/link.sock".parse().unwrap();
         assert_eq!(unix, LinkAddr::Unix("/run/tg/link.sock".into()));
         assert_eq!(unix.to_string(), "unix:/run/tg/link.sock");
+        let abstract_name: LinkAddr = "unix:@tidegate-1".parse().unwrap();
+        assert_eq!(abstract_name, LinkAddr::Unix("@tidegate-1".into()));
         assert!("unix:".parse::<LinkAddr>().is_err());
         let e = "logic-host".parse::<LinkAddr>().unwrap_err();
         assert!(e.contains("neither host:port nor unix:/path"), "{e}");

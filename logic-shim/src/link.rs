@@ -15,6 +15,8 @@ use crate::{c2s, offline, presence, Logic};
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use std::net::{IpAddr, SocketAddr};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use tidegate_proto::{pb, AppCode, Cmd, Flags, Frame, Header, MsgType};
@@ -52,9 +54,16 @@ pub async fn serve(logic: Arc<Logic>, listener: TcpListener) {
 }
 
 /// Binds the Unix link socket at `path`, replacing a socket file no live
-/// process listens on (one left by an instance that died).
+/// process listens on (one left by an instance that died). A path starting
+/// with `@` is an abstract socket (Linux): no file, gone with the process.
 pub async fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     let named = || format!("logic.link_unix: cannot listen on {}", path.display());
+    if let Some(name) = path.as_os_str().as_bytes().strip_prefix(b"@") {
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).with_context(named)?;
+        let listener = std::os::unix::net::UnixListener::bind_addr(&addr).with_context(named)?;
+        listener.set_nonblocking(true).with_context(named)?;
+        return UnixListener::from_std(listener).with_context(named);
+    }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
             anyhow::bail!("{}: another process is listening on it", named());
@@ -391,5 +400,21 @@ mod tests {
         assert!(path.exists(), "the dead listener's file stays behind");
         let _second = bind_unix(&path).await.expect("stale file replaced");
         UnixStream::connect(&path).await.expect("connectable");
+    }
+
+    #[tokio::test]
+    async fn an_abstract_socket_leaves_no_file_and_is_refused_while_taken() {
+        let name = format!("@tidegate-test-{}", std::process::id());
+        let listener = bind_unix(Path::new(&name)).await.expect("abstract bind");
+        assert!(!Path::new(&name).exists(), "no filesystem entry");
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(&name.as_bytes()[1..]).unwrap();
+        std::os::unix::net::UnixStream::connect_addr(&addr).expect("connectable");
+        assert!(
+            bind_unix(Path::new(&name)).await.is_err(),
+            "taken while listening"
+        );
+        drop(listener);
+        bind_unix(Path::new(&name)).await.expect("free once closed");
     }
 }
