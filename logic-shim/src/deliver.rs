@@ -60,33 +60,47 @@ pub struct Plan {
 impl Plan {
     /// Adds the next target with its live sessions (none: offline).
     pub fn add_target(&mut self, uid: &str, sessions: Vec<SessionRecord>) {
-        let uid: Arc<str> = Arc::from(uid);
-        let mut parts: Vec<usize> = Vec::with_capacity(sessions.len());
-        for s in &sessions {
-            let to = ShardOf {
-                addr: ShardAddr {
-                    gate_id: s.gate_id.clone(),
-                    shard: s.shard,
-                },
-                incarnation: s.incarnation,
-            };
-            let part = *self.index.entry(to.clone()).or_insert_with(|| {
-                self.parts.push(ShardPart {
-                    to,
-                    owners: Vec::new(),
-                });
-                self.parts.len() - 1
-            });
-            parts.push(part);
+        if sessions.is_empty() {
+            self.targets.push(Vec::new());
+            return;
         }
-        let only_shard = parts.windows(2).all(|w| w[0] == w[1]);
-        for (s, &part) in sessions.iter().zip(&parts) {
+        // (part, conn, epoch) per session; the gate id moves into the part
+        // key, cloned only when a part is new.
+        let placed: Vec<(usize, u64, u64)> = sessions
+            .into_iter()
+            .map(|s| {
+                let to = ShardOf {
+                    addr: ShardAddr {
+                        gate_id: s.gate_id,
+                        shard: s.shard,
+                    },
+                    incarnation: s.incarnation,
+                };
+                let part = match self.index.get(&to) {
+                    Some(&part) => part,
+                    None => {
+                        self.parts.push(ShardPart {
+                            to: to.clone(),
+                            owners: Vec::new(),
+                        });
+                        self.index.insert(to, self.parts.len() - 1);
+                        self.parts.len() - 1
+                    }
+                };
+                (part, s.conn, s.epoch)
+            })
+            .collect();
+        let uid: Arc<str> = Arc::from(uid);
+        let only_shard = placed.windows(2).all(|w| w[0].0 == w[1].0);
+        let mut parts = Vec::with_capacity(placed.len());
+        for (part, conn, epoch) in placed {
             self.parts[part].owners.push(Owner {
-                conn: s.conn,
+                conn,
                 uid: uid.clone(),
-                epoch: s.epoch,
+                epoch,
                 only_shard,
             });
+            parts.push(part);
         }
         parts.dedup();
         self.targets.push(parts);
@@ -253,9 +267,11 @@ fn unreached(owners: &[Owner], missed: &HashSet<u64>) -> Vec<String> {
             candidates.push(&o.uid);
         }
     }
+    // `reached` doubles as the set of users already listed, so a user with
+    // several missed sessions is listed once, in first-seen order.
     let mut out: Vec<String> = Vec::new();
     for uid in candidates {
-        if !reached.contains(uid) && !out.iter().any(|u| u == uid) {
+        if reached.insert(uid) {
             out.push(uid.to_string());
         }
     }

@@ -194,19 +194,29 @@ impl Leases {
         self.valid_until_ms = 0;
     }
 
-    /// Each live gate's current incarnation at `now`.
+    /// Each live gate's current incarnation at `now`. Ended leases leave
+    /// the mirror then (a renewal puts them back), so gates that are gone
+    /// for good cost nothing after their lease.
     fn live(&mut self, now: u64) -> Arc<HashMap<String, u64>> {
         if now >= self.valid_until_ms {
-            let running = || self.rows.iter().filter(|(_, (e, _))| *e > now);
-            let current =
-                current_incarnations(running().map(|((g, _), (e, i))| (g.as_str(), *e, *i)));
+            self.rows.retain(|_, (expires_ms, _)| *expires_ms > now);
+            let current = current_incarnations(
+                self.rows
+                    .iter()
+                    .map(|((g, _), (e, i))| (g.as_str(), *e, *i)),
+            );
             self.live = Arc::new(
                 current
                     .into_iter()
                     .map(|(g, i)| (g.to_string(), i))
                     .collect(),
             );
-            self.valid_until_ms = running().map(|(_, (e, _))| *e).min().unwrap_or(u64::MAX);
+            self.valid_until_ms = self
+                .rows
+                .values()
+                .map(|(e, _)| *e)
+                .min()
+                .unwrap_or(u64::MAX);
         }
         self.live.clone()
     }
