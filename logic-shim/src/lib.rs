@@ -139,9 +139,15 @@ impl LogicServer {
             http_addr: http_listener.local_addr()?,
             logic: logic.clone(),
         };
-        tokio::spawn(link::serve(logic.clone(), link_listener));
+        tokio::spawn(link::serve(
+            logic.clone(),
+            link::LinkListener::Tcp(link_listener),
+        ));
         if let Some(listener) = unix_listener {
-            tokio::spawn(link::serve_unix(logic.clone(), listener));
+            tokio::spawn(link::serve(
+                logic.clone(),
+                link::LinkListener::Unix(listener),
+            ));
         }
         let every = std::time::Duration::from_millis(logic.cfg.reach_flush_ms);
         tokio::spawn(reach::flush_forever(logic.clone(), every));

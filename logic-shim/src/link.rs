@@ -31,26 +31,48 @@ const LANES: usize = 64;
 /// Frames queued per lane before the link reader waits (backpressure to the gate).
 const LANE_QUEUE: usize = 1024;
 
-/// Accepts gate links over TCP forever.
-pub async fn serve(logic: Arc<Logic>, listener: TcpListener) {
+/// Where gate links arrive.
+pub enum LinkListener {
+    /// `logic.link_addr`.
+    Tcp(TcpListener),
+    /// `logic.link_unix`: gates on this host.
+    Unix(UnixListener),
+}
+
+/// Accepts gate links forever, each served on its own task.
+pub async fn serve(logic: Arc<Logic>, listener: LinkListener) {
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let logic = logic.clone();
-                tokio::spawn(async move {
-                    let _ = stream.set_nodelay(true);
-                    let (rd, wr) = stream.into_split();
-                    if let Err(e) = handle(logic, rd, wr, peer.ip()).await {
-                        tracing::info!(%peer, "gate link closed: {e}");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!("link accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+        let accepted = match &listener {
+            LinkListener::Tcp(l) => l.accept().await.map(|(stream, peer)| {
+                let _ = stream.set_nodelay(true);
+                let (rd, wr) = stream.into_split();
+                spawn_link(logic.clone(), rd, wr, peer.ip(), peer.to_string());
+            }),
+            // Gates on this host: addresses they advertise on `0.0.0.0`
+            // are given as 127.0.0.1.
+            LinkListener::Unix(l) => l.accept().await.map(|(stream, _)| {
+                let (rd, wr) = stream.into_split();
+                let ip = IpAddr::from([127, 0, 0, 1]);
+                spawn_link(logic.clone(), rd, wr, ip, "unix socket".into());
+            }),
+        };
+        if let Err(e) = accepted {
+            tracing::warn!("link accept: {e}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
+}
+
+fn spawn_link<R, W>(logic: Arc<Logic>, rd: R, wr: W, peer_ip: IpAddr, peer: String)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = handle(logic, rd, wr, peer_ip).await {
+            tracing::info!(%peer, "gate link closed: {e}");
+        }
+    });
 }
 
 /// Binds the Unix link socket at `path`, replacing a socket file no live
@@ -71,28 +93,6 @@ pub async fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path).with_context(named)?;
     }
     UnixListener::bind(path).with_context(named)
-}
-
-/// Accepts gate links over the Unix socket forever. Such gates are on this
-/// host: addresses they advertise on `0.0.0.0` are given as 127.0.0.1.
-pub async fn serve_unix(logic: Arc<Logic>, listener: UnixListener) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let logic = logic.clone();
-                tokio::spawn(async move {
-                    let (rd, wr) = stream.into_split();
-                    if let Err(e) = handle(logic, rd, wr, IpAddr::from([127, 0, 0, 1])).await {
-                        tracing::info!("gate link (unix) closed: {e}");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!("link accept (unix): {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
 }
 
 async fn handle<R, W>(logic: Arc<Logic>, mut rd: R, wr: W, peer_ip: IpAddr) -> anyhow::Result<()>
