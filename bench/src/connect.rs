@@ -99,13 +99,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ConnectReport> {
     };
     let procs = spread::procs_for(args.connections, args.procs);
     report::ensure_range("--procs", procs, 1, 200)?;
-    let cap = crate::procs::per_process_capacity();
-    anyhow::ensure!(
-        args.connections.div_ceil(procs) <= cap,
-        "{} connections over {procs} processes is more than {cap} per process \
-         (the open-files limit); use more --procs or leave it out",
-        args.connections
-    );
+    spread::ensure_capacity(args.connections, procs)?;
     let limit = plan.worst_case() + Duration::from_secs(60);
     let r = report::within(limit, storm_and_leave(&args, &plan, procs)).await?;
     report::write_json(args.json.as_deref(), &r)?;

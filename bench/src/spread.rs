@@ -205,6 +205,18 @@ pub fn procs_for(connections: usize, requested: Option<usize>) -> usize {
     requested.unwrap_or_else(|| connections.div_ceil(procs::per_process_capacity()).max(1))
 }
 
+/// Refuses a storm whose share per process would pass one process's
+/// descriptor limit.
+pub fn ensure_capacity(connections: usize, procs: usize) -> anyhow::Result<()> {
+    let cap = procs::per_process_capacity();
+    anyhow::ensure!(
+        connections.div_ceil(procs.max(1)) <= cap,
+        "{connections} connections over {procs} processes is more than {cap} per process \
+         (the open-files limit); use more --procs or leave it out"
+    );
+    Ok(())
+}
+
 /// Runs `plan` over `procs` worker processes (the rate, if any, split
 /// evenly); returns the merged storm once every worker has reported, and
 /// the workers, which hold their clients until released.
@@ -214,6 +226,7 @@ pub async fn storm(
     hold: HoldPlan,
     receive: Option<usize>,
 ) -> anyhow::Result<(StormSummary, Spread)> {
+    ensure_capacity(plan.connections, procs)?;
     let shares: Vec<Share> = procs::shares(plan.connections, plan.connections.div_ceil(procs))
         .into_iter()
         .map(|s| Share {
@@ -221,13 +234,6 @@ pub async fn storm(
             count: s.count,
         })
         .collect();
-    let cap = procs::per_process_capacity();
-    anyhow::ensure!(
-        shares.iter().all(|s| s.count <= cap),
-        "{} connections over {procs} processes is more than {cap} per process \
-         (the open-files limit); use more --procs",
-        plan.connections
-    );
     let n = shares.len();
     let started = Instant::now();
     let mut workers = Workers::spawn(&shares, |s| worker_args(plan, s, n, hold, receive))?;
