@@ -6,7 +6,9 @@
 //! frames of one connection stay in order (a session's close can never
 //! overtake its login), while logins of different connections wait on the
 //! store in parallel. Measured: one lane per link held logins to ~760/s on
-//! the embedded store (each waited for its own commit).
+//! the embedded store (each waited for its own commit). C2S frames skip the
+//! lanes for one ordered pipeline per link that stores them in batches
+//! (`c2s.rs`).
 
 use crate::gates::{ShardAddr, LINK_QUEUE};
 use crate::reach::{msgtype_of, Stage};
@@ -30,6 +32,9 @@ const MAX_LINK_BODY: u32 = 16 << 20;
 const LANES: usize = 64;
 /// Frames queued per lane before the link reader waits (backpressure to the gate).
 const LANE_QUEUE: usize = 1024;
+/// C2S frames queued for the link's c2s pipeline: two batches' worth, so
+/// the next batch fills while one is being stored.
+const C2S_QUEUE: usize = 2 * c2s::BATCH_MAX;
 
 /// Where gate links arrive.
 pub enum LinkListener {
@@ -177,8 +182,18 @@ async fn read_loop(
         lanes.push(lane_tx);
         workers.spawn(lane(logic.clone(), peer.clone(), lane_rx, tx.clone()));
     }
+    // C2S frames skip the lanes: one pipeline keeps their order and stores
+    // them in batches (a connection's C2S never depends on its other frames:
+    // the gate forwards C2S only once the login was answered).
+    let (c2s_tx, c2s_rx) = mpsc::channel(C2S_QUEUE);
+    workers.spawn(c2s::pipeline(logic.clone(), c2s_rx, tx.clone()));
     loop {
         while let Some(frame) = Frame::parse(buf, MAX_LINK_BODY)? {
+            let h = frame.header;
+            if h.cmd == Cmd::LinkC2s && !h.flags.contains(Flags::RESPONSE) {
+                c2s_tx.send(frame).await?;
+                continue;
+            }
             let lane = lane_of(peek_conn(&frame.body));
             lanes[lane].send(frame).await?;
         }
@@ -250,10 +265,6 @@ async fn dispatch(logic: &Logic, peer: &Peer, frame: Frame) -> anyhow::Result<Op
         (Cmd::LinkSessionClosed, false) => {
             presence::closed(logic, &peer.gate, h.appcode, frame.decode_body()?).await;
             None
-        }
-        (Cmd::LinkC2s, false) => {
-            let r = c2s::ingest(logic, h.appcode, h.msgtype, frame.decode_body()?).await;
-            Some(Frame::encode_msg_to_bytes(h.reply(), &r))
         }
         (Cmd::LinkForward, false) => {
             let r = offline::forward(logic, h.appcode, h.msgtype, frame.decode_body()?).await;

@@ -20,8 +20,8 @@
 
 use super::{
     c2s_stream_key, check_max_len, current_incarnations, fold_gates, inbox_page, session_is_live,
-    C2sEntry, DevicePolicy, GateInfo, GateShardStatus, InboxEntry, InboxMessage, InboxPage,
-    LoginOutcome, NewSession, ReachCounts, ReachDelta, SessionKey, SessionRecord, Store,
+    C2sAppend, C2sEntry, DevicePolicy, GateInfo, GateShardStatus, InboxEntry, InboxMessage,
+    InboxPage, LoginOutcome, NewSession, ReachCounts, ReachDelta, SessionKey, SessionRecord, Store,
     StoreError, StreamEntry, StreamId,
 };
 use async_trait::async_trait;
@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use tidegate_proto::{now_ms, AppCode, MsgType};
 use tokio::sync::{mpsc, oneshot};
-use writer::{create_tables, run_writer, Done, Job, Op};
+use writer::{create_tables, run_writer, C2sRow, Done, Job, Op};
 
 mod writer;
 
@@ -126,6 +126,14 @@ impl EmbeddedStore {
         let writes = self.writes.as_ref().ok_or_else(gone)?;
         writes.send(Job { op, reply }).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+
+    /// Appends rows in one job (one transaction); their ids in order.
+    async fn append_rows(&self, rows: Vec<C2sRow>) -> Result<Vec<StreamId>, StoreError> {
+        match self.write(Op::AppendC2s(rows)).await? {
+            Done::Appended(ids) => Ok(ids),
+            other => Err(mismatch("append_c2s", &other)),
+        }
     }
 
     /// Runs a read transaction on the blocking pool.
@@ -402,15 +410,48 @@ impl Store for EmbeddedStore {
         max_len: u64,
     ) -> Result<StreamId, StoreError> {
         check_max_len("c2s", max_len)?;
-        let op = Op::AppendC2s {
+        let row = C2sRow {
             stream: c2s_stream_key(app, msgtype),
             encoded: encode_entry(entry),
             max_len,
         };
-        match self.write(op).await? {
-            Done::Appended(id) => Ok(id),
-            other => Err(mismatch("append_c2s", &other)),
+        self.append_rows(vec![row])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Unavailable("embedded store writer returned no id".into()))
+    }
+
+    async fn append_c2s_many(&self, batch: &[C2sAppend]) -> Vec<Result<StreamId, StoreError>> {
+        // One job, so the whole batch shares one transaction and one fsync
+        // even when nothing else is queued; refused appends never reach it.
+        let mut refused = Vec::with_capacity(batch.len());
+        let mut rows = Vec::with_capacity(batch.len());
+        for a in batch {
+            refused.push(check_max_len("c2s", a.max_len).err());
+            if refused.last().is_some_and(Option::is_none) {
+                rows.push(C2sRow {
+                    stream: c2s_stream_key(a.app, a.msgtype),
+                    encoded: encode_entry(&a.entry),
+                    max_len: a.max_len,
+                });
+            }
         }
+        let committed = if rows.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.append_rows(rows).await
+        };
+        let mut ids = committed.as_ref().map(|ids| ids.iter());
+        refused
+            .into_iter()
+            .map(|refusal| match (refusal, &mut ids) {
+                (Some(e), _) => Err(e),
+                (None, Ok(ids)) => ids.next().copied().ok_or_else(|| {
+                    StoreError::Unavailable("embedded store writer returned too few ids".into())
+                }),
+                (None, Err(e)) => Err((*e).clone()),
+            })
+            .collect()
     }
 
     async fn read_c2s(

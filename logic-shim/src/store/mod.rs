@@ -247,6 +247,20 @@ pub struct C2sEntry {
     pub at_ms: u64,
 }
 
+/// One append of a batch: `entry` onto the `(app, msgtype)` c2s stream,
+/// trimmed to about `max_len` entries.
+#[derive(Debug, Clone)]
+pub struct C2sAppend {
+    /// The stream's app.
+    pub app: AppCode,
+    /// The stream's msgtype.
+    pub msgtype: MsgType,
+    /// What to append.
+    pub entry: C2sEntry,
+    /// The stream's approximate length bound.
+    pub max_len: u64,
+}
+
 /// A stream position, in Redis Stream id form `<ms>-<seq>` on both backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamId {
@@ -378,7 +392,7 @@ pub struct ReachDelta {
 }
 
 /// Store failures, tagged by what the caller should do.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend cannot be reached right now; retry later.
     #[error("store unavailable: {0}")]
@@ -454,6 +468,12 @@ pub trait Store: Send + Sync + 'static {
         entry: &C2sEntry,
         max_len: u64,
     ) -> Result<StreamId, StoreError>;
+
+    /// Appends each of `batch`, each stream's appends in batch order, as
+    /// [`Store::append_c2s`] would one at a time, paying the backend's
+    /// per-call cost once (one transaction; one pipeline per stream);
+    /// returns each item's result in batch order.
+    async fn append_c2s_many(&self, batch: &[C2sAppend]) -> Vec<Result<StreamId, StoreError>>;
 
     /// Up to `limit` entries after `after` (from the start when `None`), oldest first.
     async fn read_c2s(

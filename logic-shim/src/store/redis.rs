@@ -32,9 +32,10 @@ mod codec;
 mod conn;
 
 use super::{
-    c2s_stream_key, check_max_len, fold_gates, inbox_page, session_is_live, C2sEntry, DevicePolicy,
-    GateInfo, GateShardStatus, InboxEntry, InboxMessage, InboxPage, LoginOutcome, NewSession,
-    ReachCounts, ReachDelta, SessionKey, SessionRecord, Store, StoreError, StreamEntry, StreamId,
+    c2s_stream_key, check_max_len, fold_gates, inbox_page, session_is_live, C2sAppend, C2sEntry,
+    DevicePolicy, GateInfo, GateShardStatus, InboxEntry, InboxMessage, InboxPage, LoginOutcome,
+    NewSession, ReachCounts, ReachDelta, SessionKey, SessionRecord, Store, StoreError, StreamEntry,
+    StreamId,
 };
 use async_trait::async_trait;
 use codec::{
@@ -378,24 +379,63 @@ impl Store for RedisStore {
     ) -> Result<StreamId, StoreError> {
         check_max_len("c2s", max_len)?;
         let key = c2s_stream_key(app, msgtype);
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(max_len)
-            .arg("*")
-            .arg("uid")
-            .arg(&entry.uid)
-            .arg("ct")
-            .arg(&entry.content_type)
-            .arg("body")
-            .arg(entry.content.as_ref())
-            .arg("at")
-            .arg(entry.at_ms);
         let mut conn = self.conn.clone();
-        let id: String = bounded(cmd.query_async(&mut conn)).await?;
-        id.parse()
-            .map_err(|_| StoreError::Corrupt(format!("XADD {key} returned id {id:?}")))
+        let id: String = bounded(xadd(&key, entry, max_len).query_async(&mut conn)).await?;
+        parse_stream_id(&key, &id)
+    }
+
+    async fn append_c2s_many(&self, batch: &[C2sAppend]) -> Vec<Result<StreamId, StoreError>> {
+        // One pipeline per stream keeps each stream's appends in batch order
+        // (and on one slot, as a cluster pipeline must be); the streams'
+        // pipelines go out concurrently.
+        let mut results: Vec<Option<Result<StreamId, StoreError>>> = vec![None; batch.len()];
+        let mut streams: HashMap<String, (redis::Pipeline, Vec<usize>)> = HashMap::new();
+        for (i, a) in batch.iter().enumerate() {
+            if let Err(e) = check_max_len("c2s", a.max_len) {
+                results[i] = Some(Err(e));
+                continue;
+            }
+            let key = c2s_stream_key(a.app, a.msgtype);
+            let (pipe, slots) = streams.entry(key.clone()).or_default();
+            pipe.add_command(xadd(&key, &a.entry, a.max_len));
+            slots.push(i);
+        }
+        let sent = streams.into_iter().map(|(key, (pipe, slots))| {
+            let mut conn = self.conn.clone();
+            async move {
+                let ids: Result<Vec<String>, StoreError> =
+                    bounded(pipe.query_async(&mut conn)).await;
+                (key, slots, ids)
+            }
+        });
+        for (key, slots, ids) in futures_util::future::join_all(sent).await {
+            match ids {
+                Ok(ids) if ids.len() == slots.len() => {
+                    for (i, id) in slots.into_iter().zip(ids) {
+                        results[i] = Some(parse_stream_id(&key, &id));
+                    }
+                }
+                Ok(ids) => {
+                    let e = StoreError::Corrupt(format!(
+                        "{} XADDs to {key} answered {} ids",
+                        slots.len(),
+                        ids.len()
+                    ));
+                    for i in slots {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for i in slots {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every item refused or sent"))
+            .collect()
     }
 
     async fn read_c2s(
@@ -581,6 +621,31 @@ fn map_err(e: RedisError) -> StoreError {
 }
 
 /// Presence hash of one user.
+/// `XADD` of `entry` onto stream `key`, trimmed to about `max_len`.
+fn xadd(key: &str, entry: &C2sEntry, max_len: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(max_len)
+        .arg("*")
+        .arg("uid")
+        .arg(&entry.uid)
+        .arg("ct")
+        .arg(&entry.content_type)
+        .arg("body")
+        .arg(entry.content.as_ref())
+        .arg("at")
+        .arg(entry.at_ms);
+    cmd
+}
+
+/// The id `XADD` on `key` answered.
+fn parse_stream_id(key: &str, id: &str) -> Result<StreamId, StoreError> {
+    id.parse()
+        .map_err(|_| StoreError::Corrupt(format!("XADD {key} returned id {id:?}")))
+}
+
 fn presence_key(app: AppCode, uid: &str) -> String {
     format!("tg:{{{app}:{}}}:p", tag_safe(uid))
 }

@@ -99,3 +99,49 @@ pub(super) async fn zero_max_len_is_bad_input(store: Arc<dyn Store>) {
     let got = store.append_c2s(APP, MT, &entry(0), 0).await;
     assert!(matches!(got, Err(StoreError::BadInput(_))), "{got:?}");
 }
+
+pub(super) async fn a_batch_appends_in_order_and_refuses_items_alone(store: Arc<dyn Store>) {
+    let append = |app, msgtype, i, max_len| C2sAppend {
+        app,
+        msgtype,
+        entry: entry(i),
+        max_len,
+    };
+    let first = store.append_c2s(APP, MT, &entry(0), 10_000).await.unwrap();
+    let batch: Vec<C2sAppend> = (1..=300)
+        .map(|i| match i {
+            7 => append(APP, MT, i, 0),
+            8 => append(OTHER_APP, MT, i, 10_000),
+            _ => append(APP, MT, i, 10_000),
+        })
+        .collect();
+    let got = store.append_c2s_many(&batch).await;
+    assert_eq!(got.len(), batch.len(), "one result per item");
+    assert!(
+        matches!(got[6], Err(StoreError::BadInput(_))),
+        "{:?}",
+        got[6]
+    );
+    let ids: Vec<StreamId> = got
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![6, 7].contains(i))
+        .map(|(_, r)| *r.as_ref().unwrap())
+        .collect();
+    assert!(ids[0] > first && ids.windows(2).all(|w| w[0] < w[1]));
+    let stream = store.read_c2s(APP, MT, Some(first), 1_000).await.unwrap();
+    assert_eq!(stream.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+    let contents: Vec<C2sEntry> = (1..=300)
+        .filter(|i| ![7, 8].contains(i))
+        .map(entry)
+        .collect();
+    assert_eq!(
+        stream.into_iter().map(|e| e.entry).collect::<Vec<_>>(),
+        contents,
+        "in batch order, intact"
+    );
+    let other = store.read_c2s(OTHER_APP, MT, None, 10).await.unwrap();
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].entry, entry(8));
+    assert!(store.append_c2s_many(&[]).await.is_empty());
+}

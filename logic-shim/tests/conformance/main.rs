@@ -16,8 +16,9 @@ use std::time::Duration;
 use tidegate_logic::store::embedded::EmbeddedStore;
 use tidegate_logic::store::redis::RedisStore;
 use tidegate_logic::store::{
-    C2sEntry, DevicePolicy, GateShardStatus, InboxEntry, InboxMessage, InboxPage, LoginOutcome,
-    NewSession, ReachCounts, ReachDelta, SessionKey, SessionRecord, Store, StoreError, StreamId,
+    C2sAppend, C2sEntry, DevicePolicy, GateShardStatus, InboxEntry, InboxMessage, InboxPage,
+    LoginOutcome, NewSession, ReachCounts, ReachDelta, SessionKey, SessionRecord, Store,
+    StoreError, StreamId,
 };
 use tidegate_logic::testkit::{free_port, RedisCluster, RedisServer};
 use tidegate_proto::{AppCode, MsgType};
@@ -93,6 +94,7 @@ macro_rules! every_case {
                 trim_keeps_about_max_len,
                 concurrent_appends_get_unique_ids,
                 zero_max_len_is_bad_input,
+                a_batch_appends_in_order_and_refuses_items_alone,
                 sessions_of_expired_gates_read_offline_and_are_cleaned,
                 restarted_gate_sessions_read_offline_and_are_cleaned,
                 directory_counts_only_the_current_incarnation,

@@ -48,11 +48,8 @@ pub(super) enum Op {
         key: String,
         epoch: u64,
     },
-    AppendC2s {
-        stream: String,
-        encoded: Vec<u8>,
-        max_len: u64,
-    },
+    /// Appended in order, in one transaction.
+    AppendC2s(Vec<C2sRow>),
     StoreOffline {
         app: u16,
         uids: Vec<String>,
@@ -68,13 +65,20 @@ pub(super) enum Op {
     AddReach(Vec<ReachDelta>),
 }
 
+/// One c2s stream append.
+pub(super) struct C2sRow {
+    pub(super) stream: String,
+    pub(super) encoded: Vec<u8>,
+    pub(super) max_len: u64,
+}
+
 /// An op's result, sent only after its transaction committed.
 #[derive(Debug)]
 pub(super) enum Done {
     Added(LoginOutcome),
     Renewed,
     Removed(bool),
-    Appended(StreamId),
+    Appended(Vec<StreamId>),
     Stored(Vec<u64>),
     Acked(u64),
     Counted,
@@ -212,11 +216,13 @@ impl<'txn> Tables<'txn> {
                 key,
                 epoch,
             } => Ok(Done::Removed(self.remove_session(*app, uid, key, *epoch)?)),
-            Op::AppendC2s {
-                stream,
-                encoded,
-                max_len,
-            } => Ok(Done::Appended(self.append(stream, encoded, *max_len)?)),
+            Op::AppendC2s(rows) => {
+                let ids = rows
+                    .iter()
+                    .map(|r| self.append(&r.stream, &r.encoded, r.max_len))
+                    .collect::<Result<_, _>>()?;
+                Ok(Done::Appended(ids))
+            }
             Op::StoreOffline {
                 app,
                 uids,
