@@ -36,6 +36,7 @@ use tidegate_proto::{now_ms, AppCode, MsgType};
 use tokio::sync::{mpsc, oneshot};
 use writer::{create_tables, run_writer, C2sRow, Done, Job, Op};
 
+mod node;
 mod writer;
 
 /// `(app, uid, "gate/shard/conn")` → `(epoch, JSON SessionRecord)`; a user's
@@ -46,7 +47,8 @@ const PRESENCE: TableDefinition<(u16, &str, &str), (u64, &[u8])> = TableDefiniti
 const GATES: TableDefinition<(&str, u32), (u64, &[u8])> = TableDefinition::new("gates");
 /// `(app, uid)` → last epoch handed out; kept after logout so epochs never repeat.
 const EPOCHS: TableDefinition<(u16, &str), u64> = TableDefinition::new("epochs");
-/// `(stream key, ms, seq)` → encoded [`C2sEntry`]; ordered like a Redis Stream.
+/// `(stream key, ms, seq)` → a node of encoded [`C2sEntry`]s, keyed by its
+/// first entry's id (`embedded/node.rs`); ordered like a Redis Stream.
 const C2S: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("c2s");
 /// stream key → `(last ms, last seq, entry count)`.
 const C2S_META: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("c2s_meta");
@@ -462,22 +464,41 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<StreamEntry>, StoreError> {
         let stream = c2s_stream_key(app, msgtype);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         self.read(move |txn| {
             let table = txn.open_table(C2S).map_err(storage)?;
             let s = stream.as_str();
-            let start = match after {
-                Some(id) => Bound::Excluded((s, id.ms, id.seq)),
-                None => Bound::Included((s, 0, 0)),
+            let (first, last) = ((s, 0, 0), (s, u64::MAX, u64::MAX));
+            // The node holding the first entry after `after` starts at or
+            // before `after`: the last row keyed up to it.
+            let from = match after {
+                Some(id) => table
+                    .range(first..=(s, id.ms, id.seq))
+                    .map_err(storage)?
+                    .next_back()
+                    .transpose()
+                    .map_err(storage)?
+                    .map_or(first, |(key, _)| (s, key.value().1, key.value().2)),
+                None => first,
             };
-            let range = (start, Bound::Included((s, u64::MAX, u64::MAX)));
             let mut out = Vec::with_capacity(limit.min(1024));
-            for row in table.range(range).map_err(storage)?.take(limit) {
+            for row in table.range(from..=last).map_err(storage)? {
                 let (key, value) = row.map_err(storage)?;
                 let (_, ms, seq) = key.value();
-                let id = StreamId { ms, seq };
-                let entry = decode_entry(value.value())
-                    .map_err(|why| StoreError::Corrupt(format!("c2s {s} entry {id}: {why}")))?;
-                out.push(StreamEntry { id, entry });
+                let at = StreamId { ms, seq };
+                let corrupt = |why| StoreError::Corrupt(format!("c2s {s} row {at}: {why}"));
+                for (id, bytes) in node::decode(at, value.value()).map_err(corrupt)? {
+                    if after.is_some_and(|after| id <= after) {
+                        continue;
+                    }
+                    let entry = decode_entry(bytes).map_err(corrupt)?;
+                    out.push(StreamEntry { id, entry });
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
             }
             Ok(out)
         })
@@ -718,6 +739,50 @@ mod tests {
         assert_eq!(decode_inbox(&encoded), Ok(m));
         assert!(decode_inbox(&encoded[..INBOX_HEADER - 1]).is_err());
         assert!(decode_inbox(&[2; INBOX_HEADER]).is_err());
+    }
+
+    #[tokio::test]
+    async fn streams_written_before_nodes_read_and_grow_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let (app, mt) = (AppCode(1), MsgType(5));
+        let old = |i: u8| C2sEntry {
+            uid: format!("u{i}"),
+            content_type: "t".into(),
+            content: Bytes::from(vec![i; 3]),
+            at_ms: 1,
+        };
+        // Rows as the store wrote them before nodes: one bare entry each.
+        let stream = c2s_stream_key(app, mt);
+        let txn = store.db.begin_write().unwrap();
+        {
+            let mut c2s = txn.open_table(C2S).unwrap();
+            for i in 0..3u8 {
+                c2s.insert(
+                    (stream.as_str(), 10, u64::from(i)),
+                    encode_entry(&old(i)).as_slice(),
+                )
+                .unwrap();
+            }
+            txn.open_table(C2S_META)
+                .unwrap()
+                .insert(stream.as_str(), (10, 2, 3))
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        let id = |ms, seq| StreamId { ms, seq };
+        let mid = store.read_c2s(app, mt, Some(id(10, 0)), 10).await.unwrap();
+        assert_eq!(
+            mid.iter()
+                .map(|e| (e.id, e.entry.clone()))
+                .collect::<Vec<_>>(),
+            vec![(id(10, 1), old(1)), (id(10, 2), old(2))]
+        );
+        let new = store.append_c2s(app, mt, &old(9), 1_000).await.unwrap();
+        assert!(new > id(10, 2));
+        let all = store.read_c2s(app, mt, None, 10).await.unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[3].entry, old(9));
     }
 
     #[test]

@@ -145,3 +145,60 @@ pub(super) async fn a_batch_appends_in_order_and_refuses_items_alone(store: Arc<
     assert_eq!(other[0].entry, entry(8));
     assert!(store.append_c2s_many(&[]).await.is_empty());
 }
+
+pub(super) async fn batched_streams_page_and_trim_like_single_appends(store: Arc<dyn Store>) {
+    let batch = |from: u32, n: u32, max_len| -> Vec<C2sAppend> {
+        (from..from + n)
+            .map(|i| C2sAppend {
+                app: APP,
+                msgtype: MT,
+                entry: entry(i),
+                max_len,
+            })
+            .collect()
+    };
+    for from in [0, 300] {
+        let got = store.append_c2s_many(&batch(from, 300, 10_000)).await;
+        assert!(got.iter().all(Result::is_ok));
+    }
+    let all = store.read_c2s(APP, MT, None, 10_000).await.unwrap();
+    assert_eq!(all.len(), 600);
+    // Pages that start anywhere, inside a batch or across two, in steps
+    // that are no batch's or node's size.
+    let mut after = None;
+    let mut paged = Vec::new();
+    loop {
+        let page = store.read_c2s(APP, MT, after, 7).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|e| e.id);
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    for start in [0, 1, 127, 128, 129, 299, 300, 301, 598] {
+        let page = store
+            .read_c2s(APP, MT, Some(all[start].id), 3)
+            .await
+            .unwrap();
+        let want: Vec<_> = all[start + 1..].iter().take(3).cloned().collect();
+        assert_eq!(page, want, "after entry {start}");
+    }
+
+    let max_len = 100;
+    let mut last = None;
+    for round in 0..5 {
+        let got = store
+            .append_c2s_many(&batch(1_000 + round * 300, 300, max_len))
+            .await;
+        last = got.last().cloned().map(Result::unwrap);
+    }
+    let left = store.read_c2s(APP, MT, None, 10_000).await.unwrap();
+    let n = left.len();
+    assert!(
+        n >= max_len as usize && n <= max_len as usize + TRIM_SLACK,
+        "{n} entries left"
+    );
+    assert_eq!(left.last().map(|e| e.id), last);
+    assert_eq!(left[0].entry, entry(1_000 + 1_500 - n as u32));
+}

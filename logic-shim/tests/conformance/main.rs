@@ -95,6 +95,7 @@ macro_rules! every_case {
                 concurrent_appends_get_unique_ids,
                 zero_max_len_is_bad_input,
                 a_batch_appends_in_order_and_refuses_items_alone,
+                batched_streams_page_and_trim_like_single_appends,
                 sessions_of_expired_gates_read_offline_and_are_cleaned,
                 restarted_gate_sessions_read_offline_and_are_cleaned,
                 directory_counts_only_the_current_incarnation,

@@ -3,8 +3,8 @@
 //! reach it only through [`Job`]s on a bounded channel.
 
 use super::{
-    inbox_expiry_of, reach_from_row, reach_to_row, storage, ReachRow, C2S, C2S_META, EPOCHS, GATES,
-    INBOX, INBOX_EXPIRY, INBOX_META, PRESENCE, REACH,
+    inbox_expiry_of, node, reach_from_row, reach_to_row, storage, ReachRow, C2S, C2S_META, EPOCHS,
+    GATES, INBOX, INBOX_EXPIRY, INBOX_META, PRESENCE, REACH,
 };
 use crate::store::{
     DevicePolicy, LoginOutcome, NewSession, ReachCounts, ReachDelta, SessionRecord, StoreError,
@@ -216,13 +216,7 @@ impl<'txn> Tables<'txn> {
                 key,
                 epoch,
             } => Ok(Done::Removed(self.remove_session(*app, uid, key, *epoch)?)),
-            Op::AppendC2s(rows) => {
-                let ids = rows
-                    .iter()
-                    .map(|r| self.append(&r.stream, &r.encoded, r.max_len))
-                    .collect::<Result<_, _>>()?;
-                Ok(Done::Appended(ids))
-            }
+            Op::AppendC2s(rows) => Ok(Done::Appended(self.append(rows)?)),
             Op::StoreOffline {
                 app,
                 uids,
@@ -436,35 +430,79 @@ impl<'txn> Tables<'txn> {
         Ok(true)
     }
 
-    /// Appends with a [`next_id`] id, trimming about to `max_len`.
-    fn append(
-        &mut self,
-        stream: &str,
-        encoded: &[u8],
-        max_len: u64,
-    ) -> Result<StreamId, redb::Error> {
-        let (last_ms, last_seq, count) = self.meta.get(stream)?.map_or((0, 0, 0), |g| g.value());
-        let id = next_id(last_ms, last_seq, now_ms());
-        self.c2s.insert((stream, id.ms, id.seq), encoded)?;
-        let mut count = count + 1;
-        // Trim in steps of `slack` so the delete cost is amortized, like
-        // Redis's `MAXLEN ~`, which only drops whole stream nodes.
-        if count > max_len + trim_slack(max_len) {
-            let excess = usize::try_from(count - max_len).unwrap_or(usize::MAX);
-            let oldest = self
-                .c2s
-                .range((stream, 0, 0)..=(stream, u64::MAX, u64::MAX))?
-                .take(excess)
-                .map(|row| row.map(|(k, _)| (k.value().1, k.value().2)))
-                .collect::<Result<Vec<_>, _>>()?;
-            for (ms, seq) in &oldest {
-                self.c2s.remove((stream, *ms, *seq))?;
+    /// Appends `rows` in order: each stream's rows get consecutive
+    /// [`next_id`] ids and are written as nodes (`node.rs`), then the stream
+    /// is trimmed to about its `max_len`. Returns the ids in row order.
+    fn append(&mut self, rows: &[C2sRow]) -> Result<Vec<StreamId>, redb::Error> {
+        let mut ids = vec![StreamId { ms: 0, seq: 0 }; rows.len()];
+        let mut streams: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            // A batch names few streams: a scan beats hashing each row.
+            match streams.iter_mut().find(|(s, _)| *s == row.stream) {
+                Some((_, rows)) => rows.push(i),
+                None => streams.push((&row.stream, vec![i])),
             }
-            count -= oldest.len() as u64;
         }
-        self.meta.insert(stream, (id.ms, id.seq, count))?;
-        Ok(id)
+        let now = now_ms();
+        for (stream, members) in streams {
+            let (mut last_ms, mut last_seq, mut count) =
+                self.meta.get(stream)?.map_or((0, 0, 0), |g| g.value());
+            let max_len = rows[*members.last().expect("a stream has rows")].max_len;
+            for run in members.chunks(node_capacity(max_len)) {
+                let mut entries = Vec::with_capacity(run.len());
+                for &i in run {
+                    let id = next_id(last_ms, last_seq, now);
+                    (last_ms, last_seq) = (id.ms, id.seq);
+                    ids[i] = id;
+                    entries.push((id, rows[i].encoded.as_slice()));
+                }
+                let first = entries[0].0;
+                self.c2s.insert(
+                    (stream, first.ms, first.seq),
+                    node::encode(&entries).as_slice(),
+                )?;
+                count += run.len() as u64;
+            }
+            let count = self.trim(stream, count, max_len)?;
+            self.meta.insert(stream, (last_ms, last_seq, count))?;
+        }
+        Ok(ids)
     }
+
+    /// Drops the stream's oldest nodes while at least `max_len` entries
+    /// stay, once it is `trim_slack` past `max_len` (so the delete cost is
+    /// amortized, like Redis's `MAXLEN ~`, which also drops whole nodes).
+    /// Returns the entries left.
+    fn trim(&mut self, stream: &str, count: u64, max_len: u64) -> Result<u64, redb::Error> {
+        if count <= max_len + trim_slack(max_len) {
+            return Ok(count);
+        }
+        let mut left = count;
+        let mut oldest = Vec::new();
+        for row in self
+            .c2s
+            .range((stream, 0, 0)..=(stream, u64::MAX, u64::MAX))?
+        {
+            let (key, value) = row?;
+            // A row that does not parse counts as one entry: it goes first.
+            let n = node::len(value.value()).unwrap_or(1);
+            if left - n.min(left) < max_len {
+                break;
+            }
+            left -= n;
+            oldest.push((key.value().1, key.value().2));
+        }
+        for (ms, seq) in &oldest {
+            self.c2s.remove((stream, *ms, *seq))?;
+        }
+        Ok(left)
+    }
+}
+
+/// Entries per node for a stream trimmed to about `max_len`: whole nodes
+/// are trimmed, so a node is never bigger than the trim slack.
+fn node_capacity(max_len: u64) -> usize {
+    usize::try_from(trim_slack(max_len)).map_or(node::NODE_MAX, |s| s.min(node::NODE_MAX))
 }
 
 /// A Redis-style id after `(last_ms, last_seq)`: `ms` follows the clock but
