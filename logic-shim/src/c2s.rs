@@ -12,7 +12,7 @@
 
 use crate::store::{C2sAppend, C2sEntry, StoreError};
 use crate::Logic;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tidegate_proto::prost::Message;
@@ -36,11 +36,13 @@ pub async fn pipeline(
             .drain(..)
             .map(|f| Ok((f.header, f.decode_body::<pb::LinkC2s>()?)))
             .collect::<Result<Vec<_>, tidegate_proto::DecodeError>>()?;
+        // The batch's replies leave as one buffer: one queue hand-off, and
+        // the link writer copies it once.
+        let mut out = BytesMut::new();
         for (header, reply) in ingest(&logic, forwarded).await {
-            replies
-                .send(Frame::encode_msg_to_bytes(header.reply(), &reply))
-                .await?;
+            Frame::encode_msg(header.reply(), &reply, &mut out);
         }
+        replies.send(out.freeze()).await?;
     }
     Ok(())
 }
@@ -51,9 +53,11 @@ pub async fn ingest(
     forwarded: Vec<(Header, pb::LinkC2s)>,
 ) -> Vec<(Header, pb::LinkC2sReply)> {
     let mut appends = Vec::new();
+    // One receive time for the batch: it arrived together.
+    let at_ms = tidegate_proto::now_ms();
     let plans: Vec<_> = forwarded
         .iter()
-        .map(|(h, req)| plan(logic, h, req, &mut appends))
+        .map(|(h, req)| plan(logic, h, req, at_ms, &mut appends))
         .collect();
     let mut failed: Vec<Option<StoreError>> = if appends.is_empty() {
         Vec::new()
@@ -123,6 +127,7 @@ fn plan(
     logic: &Logic,
     h: &Header,
     req: &pb::LinkC2s,
+    at_ms: u64,
     appends: &mut Vec<C2sAppend>,
 ) -> Result<Plan, Refusal> {
     let cfg = logic
@@ -138,7 +143,7 @@ fn plan(
         uid: req.uid.clone(),
         content_type: payload.content_type,
         content: payload.content,
-        at_ms: tidegate_proto::now_ms(),
+        at_ms,
     };
     let hooked = logic.webhook(h.appcode).is_some();
     let also_stream = cfg.c2s_webhook.as_ref().is_some_and(|w| w.also_stream);

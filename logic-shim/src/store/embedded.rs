@@ -428,11 +428,20 @@ impl Store for EmbeddedStore {
         // even when nothing else is queued; refused appends never reach it.
         let mut refused = Vec::with_capacity(batch.len());
         let mut rows = Vec::with_capacity(batch.len());
+        // A batch is mostly runs of one stream: format its key once per run.
+        let mut key: Option<((AppCode, MsgType), String)> = None;
         for a in batch {
             refused.push(check_max_len("c2s", a.max_len).err());
             if refused.last().is_some_and(Option::is_none) {
+                let stream = match &key {
+                    Some((of, stream)) if *of == (a.app, a.msgtype) => stream.clone(),
+                    _ => key
+                        .insert(((a.app, a.msgtype), c2s_stream_key(a.app, a.msgtype)))
+                        .1
+                        .clone(),
+                };
                 rows.push(C2sRow {
-                    stream: c2s_stream_key(a.app, a.msgtype),
+                    stream,
                     encoded: encode_entry(&a.entry),
                     max_len: a.max_len,
                 });
