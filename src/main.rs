@@ -77,6 +77,9 @@ enum BenchCmd {
     /// Internal: one worker process of a scenario's `--procs` fleet.
     #[command(hide = true)]
     FleetWorker(tidegate_bench::spread::WorkerArgs),
+    /// Internal: one worker process of `bench c2s --procs`.
+    #[command(hide = true)]
+    C2sWorker(tidegate_bench::c2s::C2sWorkerArgs),
 }
 
 #[derive(Args)]
@@ -198,6 +201,16 @@ fn runtime(role: &str) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name(format!("tidegate-{role}"))
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// A `--procs` worker's runtime: one thread. A million clients take ~53
+/// worker processes on 2 cores, and each process's extra runtime threads
+/// only add context switches.
+fn worker_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .context("starting the tokio runtime")
 }
@@ -455,16 +468,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     b::report::set_quiet(args.quiet);
     let report = match args.cmd {
         // A worker speaks JSON lines to its parent as it goes.
-        // One thread per worker: a million clients take ~53 worker
-        // processes on 2 cores, and each process's extra runtime threads
-        // only add context switches.
-        BenchCmd::FleetWorker(a) => {
-            return tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the tokio runtime")?
-                .block_on(b::spread::worker(a))
-        }
+        BenchCmd::FleetWorker(a) => return worker_runtime()?.block_on(b::spread::worker(a)),
+        BenchCmd::C2sWorker(a) => return worker_runtime()?.block_on(b::c2s::worker(a)),
         BenchCmd::Idle(a) => serde_json::to_value(runtime("bench")?.block_on(b::idle::run(a))?),
         BenchCmd::Push(a) => serde_json::to_value(runtime("bench")?.block_on(b::push::run(a))?),
         BenchCmd::Peers(a) => serde_json::to_value(runtime("bench")?.block_on(b::peers::run(a))?),

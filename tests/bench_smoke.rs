@@ -280,6 +280,28 @@ fn c2s_acks_every_frame_flat_out_and_on_schedule() {
     assert_eq!(paced["acked"], 200, "{paced}");
     assert_eq!(paced["backlog_dropped"], 0, "{paced}");
     assert!(paced["ack_latency"]["p99_us"].as_u64().unwrap() > 0);
+
+    // Over worker processes: their schedules and histograms add up.
+    let spread = bench(&[
+        "c2s",
+        "--target",
+        &target,
+        "--connections",
+        "30",
+        "--procs",
+        "3",
+        "--per-client-rate",
+        "5",
+        "--duration-s",
+        "2",
+    ]);
+    assert_eq!(spread["bench_procs"], 3, "{spread}");
+    assert_eq!(spread["scheduled"], 300, "{spread}");
+    assert_eq!(spread["acked"], 300, "{spread}");
+    assert_eq!(spread["ack_latency"]["count"], 300, "{spread}");
+    assert_eq!(spread["errors"], serde_json::json!({}), "{spread}");
+    let rate = spread["ingest_per_s"].as_f64().unwrap();
+    assert!((100.0..=200.0).contains(&rate), "150/s asked: {spread}");
 }
 
 #[test]

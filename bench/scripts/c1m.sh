@@ -10,6 +10,8 @@
 #   RATE=2200 bench/scripts/c1m.sh ...          logins per second (open loop)
 #   SCENARIO=broadcast bench/scripts/c1m.sh ... broadcast to all N instead of idle
 #   SCENARIO=connect bench/scripts/c1m.sh ...   the connect+login storm alone
+#   SCENARIO=c2s bench/scripts/c1m.sh ...       every client reports a C2S every
+#       1/PER_CLIENT_RATE s (default 0.2: GPS every 5 s) for DURATION_S (default 60)
 #   SHARDS=2 bench/scripts/c1m.sh ...           shards per gateway worker (default 1)
 set -euo pipefail
 N=${1:-1000000}
@@ -92,7 +94,11 @@ connect)
     "$BIN" bench connect --target "127.0.0.1:$CLIENT_PORT" --connections "$N" \
         --concurrency "${CONCURRENCY:-4000}" "${RATE_ARGS[@]}" --json "$OUT" >/dev/null
     ;;
-*) echo "SCENARIO is idle, broadcast or connect" >&2; exit 2 ;;
+c2s)
+    "$BIN" bench c2s --target "127.0.0.1:$CLIENT_PORT" --connections "$N" \
+        --per-client-rate "${PER_CLIENT_RATE:-0.2}" --duration-s "${DURATION_S:-60}" --json "$OUT" >/dev/null
+    ;;
+*) echo "SCENARIO is idle, broadcast, connect or c2s" >&2; exit 2 ;;
 esac
 python3 - "$OUT" <<'PY'
 import json, sys

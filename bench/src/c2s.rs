@@ -11,10 +11,13 @@
 
 use crate::fleet::{self, error_label, StormPlan};
 use crate::pace::{Pacer, Schedule, Slot};
+use crate::procs::{self, Share, Workers};
+use crate::receipts::mono_ns;
 use crate::report::{self, SharedRecorder};
-use crate::Percentiles;
+use crate::{spread, Percentiles, Recorder};
+use anyhow::Context;
 use bytes::BytesMut;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,9 +60,32 @@ pub struct C2sArgs {
     /// Payload bytes per frame (1 to 60000).
     #[arg(long, default_value_t = 32)]
     pub size: usize,
+    /// Bench processes to spread the clients over (default: as few as the
+    /// open-files limit allows, ~19,000 clients each).
+    #[arg(long)]
+    pub procs: Option<usize>,
     /// Write the report as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// Arguments of the hidden `tidegate bench c2s-worker`: one share of a
+/// `--procs` run. It logs its share in, says so, waits for the common start
+/// instant on stdin, sends, and reports what came back.
+#[derive(clap::Args, Debug, Clone)]
+pub struct C2sWorkerArgs {
+    /// The run's arguments (`--connections`, `--procs` and `--json` unused).
+    #[command(flatten)]
+    pub c2s: C2sArgs,
+    /// First client index of the share.
+    #[arg(long)]
+    pub first: usize,
+    /// Clients in the share.
+    #[arg(long)]
+    pub count: usize,
+    /// Logins in flight in this worker.
+    #[arg(long)]
+    pub login_concurrency: usize,
 }
 
 /// What `bench c2s` measured.
@@ -95,6 +121,8 @@ pub struct C2sReport {
     pub not_sent: Option<u64>,
     /// Acknowledged frames per second, first send to last ack.
     pub ingest_per_s: f64,
+    /// Bench processes the clients were spread over.
+    pub bench_procs: usize,
     /// Ack latency: from the due instant (open loop) or the write (flat out).
     pub ack_latency: Percentiles,
 }
@@ -125,7 +153,10 @@ type Pending = Arc<Mutex<HashMap<u32, Instant>>>;
 /// Runs the scenario.
 pub async fn run(args: C2sArgs) -> anyhow::Result<C2sReport> {
     report::ensure_loopback(args.target, "--target")?;
-    report::ensure_range("--connections", args.connections, 1, 100_000)?;
+    report::ensure_range("--connections", args.connections, 1, 1_200_000)?;
+    let procs = spread::procs_for(args.connections, args.procs);
+    report::ensure_range("--procs", procs, 1, 200)?;
+    spread::ensure_capacity(args.connections, procs)?;
     report::ensure_range("--window", args.window, 1, 1024)?;
     report::ensure_range("--duration-s", args.duration_s, 1, 600)?;
     report::ensure_range("--size", args.size, 1, 60_000)?;
@@ -152,15 +183,234 @@ pub async fn run(args: C2sArgs) -> anyhow::Result<C2sReport> {
         + Duration::from_secs(args.duration_s)
         + DRAIN * 2
         + Duration::from_secs(10);
-    let r = report::within(limit, ingest(&args, &plan)).await?;
+    let r = if procs == 1 {
+        report::within(limit, ingest(&args, &plan)).await?
+    } else {
+        report::within(limit + Duration::from_secs(30), ingest_spread(&args, procs)).await?
+    };
     report::write_json(args.json.as_deref(), &r)?;
     Ok(r)
+}
+
+/// What one process's clients sent and got back.
+struct Outcome {
+    scheduled: Option<u64>,
+    sent: u64,
+    acked: u64,
+    refused: u64,
+    errors: BTreeMap<String, u64>,
+    backlog_dropped: u64,
+    /// The last ack, after the common start.
+    last_ack: Duration,
+    latency: Recorder,
+}
+
+impl Outcome {
+    /// Adds another process's outcome (histograms added, not averaged).
+    fn merge(&mut self, other: Outcome) {
+        self.scheduled = match (self.scheduled, other.scheduled) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.sent += other.sent;
+        self.acked += other.acked;
+        self.refused += other.refused;
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_insert(0) += v;
+        }
+        self.backlog_dropped += other.backlog_dropped;
+        self.last_ack = self.last_ack.max(other.last_ack);
+        self.latency.merge(&other.latency);
+    }
+
+    fn report(self, args: &C2sArgs, bench_procs: usize) -> C2sReport {
+        let sent = self.sent;
+        C2sReport {
+            connections: args.connections,
+            load: if args.per_client_rate.is_some() {
+                "per_client_rate"
+            } else {
+                "window"
+            },
+            per_client_rate: args.per_client_rate,
+            window: args.window,
+            duration_s: args.duration_s,
+            size: args.size,
+            scheduled: self.scheduled,
+            sent,
+            acked: self.acked,
+            errors: self.errors,
+            unanswered: sent.saturating_sub(self.acked + self.refused),
+            backlog_dropped: self.backlog_dropped,
+            not_sent: self
+                .scheduled
+                .map(|s| s.saturating_sub(sent + self.backlog_dropped)),
+            ingest_per_s: self.acked as f64 / self.last_ack.as_secs_f64().max(1e-9),
+            bench_procs,
+            ack_latency: self.latency.percentiles(),
+        }
+    }
+}
+
+/// A worker's first line: its logins.
+#[derive(Serialize, Deserialize)]
+struct ShareLogin {
+    logged_in: usize,
+    failures: BTreeMap<String, u64>,
+}
+
+/// A worker's last line: its [`Outcome`], the histogram in V2 base64.
+#[derive(Serialize, Deserialize)]
+struct ShareOutcome {
+    scheduled: Option<u64>,
+    sent: u64,
+    acked: u64,
+    refused: u64,
+    errors: BTreeMap<String, u64>,
+    backlog_dropped: u64,
+    last_ack_ns: u64,
+    latency: String,
+}
+
+/// Spreads the clients over `procs` worker processes, starts them sending
+/// at one instant, and merges what they report.
+async fn ingest_spread(args: &C2sArgs, procs: usize) -> anyhow::Result<C2sReport> {
+    let shares = procs::shares(args.connections, args.connections.div_ceil(procs));
+    let n = shares.len();
+    let concurrency = LOGIN_CONCURRENCY.div_ceil(n).max(16);
+    let mut workers = Workers::spawn(&shares, |s| worker_args(args, s, concurrency))?;
+    let login_limit = LOGIN_TIMEOUT * (args.connections.div_ceil(n * concurrency) as u32);
+    let logins: Vec<ShareLogin> = workers.next_reports(login_limit).await?;
+    let logged_in: usize = logins.iter().map(|l| l.logged_in).sum();
+    if logged_in < args.connections {
+        let mut failures = BTreeMap::new();
+        for (k, v) in logins.into_iter().flat_map(|l| l.failures) {
+            *failures.entry(k).or_insert(0u64) += v;
+        }
+        anyhow::bail!(
+            "only {logged_in} of {} clients logged in; failures: {failures:?}",
+            args.connections
+        );
+    }
+    // Every worker starts on the same instant of the shared monotonic clock.
+    let start_ns = mono_ns() + START_DELAY.as_nanos() as u64;
+    for i in 0..n {
+        workers.tell(i, &start_ns.to_string()).await?;
+    }
+    let within = START_DELAY + Duration::from_secs(args.duration_s) + DRAIN * 2 + WORKER_SLACK;
+    let lines: Vec<ShareOutcome> = workers.next_reports(within).await?;
+    workers.finish(WORKER_SLACK).await;
+    let mut total: Option<Outcome> = None;
+    for line in lines {
+        let o = Outcome {
+            scheduled: line.scheduled,
+            sent: line.sent,
+            acked: line.acked,
+            refused: line.refused,
+            errors: line.errors,
+            backlog_dropped: line.backlog_dropped,
+            last_ack: Duration::from_nanos(line.last_ack_ns),
+            latency: Recorder::from_base64(&line.latency)?,
+        };
+        match &mut total {
+            Some(t) => t.merge(o),
+            None => total = Some(o),
+        }
+    }
+    let total = total.context("no bench worker reported")?;
+    Ok(total.report(args, n))
+}
+
+/// How long after the last worker is ready the common start is.
+const START_DELAY: Duration = Duration::from_millis(200);
+/// Extra time a worker gets for reporting and exiting.
+const WORKER_SLACK: Duration = Duration::from_secs(30);
+
+fn worker_args(args: &C2sArgs, share: &Share, login_concurrency: usize) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "bench".into(),
+        "c2s-worker".into(),
+        "--target".into(),
+        args.target.to_string(),
+        "--secret".into(),
+        args.secret.clone(),
+        "--app".into(),
+        args.app.to_string(),
+        "--window".into(),
+        args.window.to_string(),
+        "--duration-s".into(),
+        args.duration_s.to_string(),
+        "--msgtype".into(),
+        args.msgtype.to_string(),
+        "--size".into(),
+        args.size.to_string(),
+        "--first".into(),
+        share.first.to_string(),
+        "--count".into(),
+        share.count.to_string(),
+        "--login-concurrency".into(),
+        login_concurrency.to_string(),
+    ];
+    if let Some(r) = args.per_client_rate {
+        a.extend(["--per-client-rate".into(), r.to_string()]);
+    }
+    a
+}
+
+/// Runs one worker of a `--procs` run.
+pub async fn worker(a: C2sWorkerArgs) -> anyhow::Result<()> {
+    // Only the parent draws progress on the shared terminal.
+    report::set_quiet(true);
+    let plan = StormPlan {
+        first: a.first,
+        target: a.c2s.target,
+        connections: a.count,
+        app: AppCode(a.c2s.app),
+        secret: a.c2s.secret.clone(),
+        concurrency: a.login_concurrency.max(1),
+        rate: None,
+        timeout: LOGIN_TIMEOUT,
+    };
+    let storm = fleet::storm(&plan).await?;
+    spread::say(&ShareLogin {
+        logged_in: storm.members.len(),
+        failures: storm.failures,
+    })?;
+    let Some(line) = procs::next_instruction(plan.worst_case() * 2 + WORKER_SLACK).await? else {
+        return Ok(()); // the parent gave up on the run
+    };
+    let start_ns: u64 = line
+        .parse()
+        .with_context(|| format!("start instant {line:?} from the parent"))?;
+    let start = Instant::now() + Duration::from_nanos(start_ns.saturating_sub(mono_ns()));
+    let o = drive(&a.c2s, storm.members, start).await?;
+    spread::say(&ShareOutcome {
+        scheduled: o.scheduled,
+        sent: o.sent,
+        acked: o.acked,
+        refused: o.refused,
+        errors: o.errors,
+        backlog_dropped: o.backlog_dropped,
+        last_ack_ns: o.last_ack.as_nanos() as u64,
+        latency: o.latency.to_base64(),
+    })
 }
 
 async fn ingest(args: &C2sArgs, plan: &StormPlan) -> anyhow::Result<C2sReport> {
     let storm = fleet::storm(plan).await?;
     storm.require_all(args.connections)?;
-    let n = args.connections;
+    let start = Instant::now() + Duration::from_millis(10);
+    Ok(drive(args, storm.members, start).await?.report(args, 1))
+}
+
+/// Sends from `members` for the run's duration from `start`, then waits
+/// for the answers still owed.
+async fn drive(
+    args: &C2sArgs,
+    members: Vec<fleet::Member>,
+    start: Instant,
+) -> anyhow::Result<Outcome> {
+    let n = members.len();
     let totals = Arc::new(Totals::default());
     let latency = Arc::new(SharedRecorder::new());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -168,12 +418,11 @@ async fn ingest(args: &C2sArgs, plan: &StormPlan) -> anyhow::Result<C2sReport> {
         content_type: "application/octet-stream".into(),
         content: vec![0x5a; args.size].into(),
     });
-    let start = Instant::now() + Duration::from_millis(10);
     let end = start + Duration::from_secs(args.duration_s);
     let mut writers = JoinSet::new();
     let mut readers = JoinSet::new();
     let mut backlogs = Vec::with_capacity(n);
-    for m in storm.members {
+    for m in members {
         let (reader, writer) = m.client.into_split();
         let window = Arc::new(Semaphore::new(args.window));
         let pending: Pending = Arc::default();
@@ -249,30 +498,15 @@ async fn ingest(args: &C2sArgs, plan: &StormPlan) -> anyhow::Result<C2sReport> {
     }
 
     drop(write_halves);
-    let sent = totals.sent.load(Ordering::Relaxed);
-    let acked = totals.acked.load(Ordering::Relaxed);
-    let refused = totals.refused.load(Ordering::Relaxed);
-    let span = Duration::from_nanos(totals.last_ack_ns.load(Ordering::Relaxed));
-    Ok(C2sReport {
-        connections: n,
-        load: if args.per_client_rate.is_some() {
-            "per_client_rate"
-        } else {
-            "window"
-        },
-        per_client_rate: args.per_client_rate,
-        window: args.window,
-        duration_s: args.duration_s,
-        size: args.size,
+    Ok(Outcome {
         scheduled,
-        sent,
-        acked,
+        sent: totals.sent.load(Ordering::Relaxed),
+        acked: totals.acked.load(Ordering::Relaxed),
+        refused: totals.refused.load(Ordering::Relaxed),
         errors,
-        unanswered: sent.saturating_sub(acked + refused),
         backlog_dropped,
-        not_sent: scheduled.map(|s| s.saturating_sub(sent + backlog_dropped)),
-        ingest_per_s: acked as f64 / span.as_secs_f64().max(1e-9),
-        ack_latency: latency.merged().percentiles(),
+        last_ack: Duration::from_nanos(totals.last_ack_ns.load(Ordering::Relaxed)),
+        latency: latency.merged(),
     })
 }
 

@@ -148,6 +148,21 @@ impl Workers {
         serde_json::from_str(&line).with_context(|| format!("bench worker {i} printed {line:?}"))
     }
 
+    /// Writes `line` to worker `i`'s stdin (a worker that reads its
+    /// instructions there, such as `c2s`'s common start instant).
+    pub async fn tell(&mut self, i: usize, line: &str) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.workers[i]
+            .child
+            .stdin
+            .as_mut()
+            .with_context(|| format!("bench worker {i} was released"))?;
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .with_context(|| format!("telling bench worker {i}"))
+    }
+
     /// Closes every worker's stdin: their signal to report and stop.
     pub fn release(&mut self) {
         for w in &mut self.workers {
@@ -171,6 +186,17 @@ impl Workers {
             }
         }
     }
+}
+
+/// A worker's next instruction from its parent: one line of stdin, by
+/// `within` (`None` if the parent closed stdin first).
+pub async fn next_instruction(within: Duration) -> anyhow::Result<Option<String>> {
+    let mut line = String::new();
+    let mut stdin = BufReader::new(tokio::io::stdin());
+    let n = tokio::time::timeout(within, stdin.read_line(&mut line))
+        .await
+        .context("the parent sent no instruction in time")??;
+    Ok((n > 0).then(|| line.trim_end().to_string()))
 }
 
 /// Waits until the parent closes stdin (a worker's signal to stop) or

@@ -140,7 +140,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn say(line: &impl Serialize) -> anyhow::Result<()> {
+/// Prints one JSON line to the parent.
+pub(crate) fn say(line: &impl Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", serde_json::to_string(line)?)?;
     out.flush()?;
