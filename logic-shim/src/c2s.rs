@@ -8,7 +8,8 @@
 //! by every frame that arrived while the previous batch was being stored.
 //! Batches size themselves: an idle link stores each frame at once.
 //! Measured (1,000 clients × 16 in flight, embedded): one frame per store
-//! call, 128 calls in flight over two gate shards, 28,717 frames/s.
+//! call, at most 128 calls in flight over two gate shards, 28,717 frames/s;
+//! batched, 147,964.
 
 use crate::store::{C2sAppend, C2sEntry, StoreError};
 use crate::Logic;
