@@ -192,22 +192,19 @@ pub async fn run(args: C2sArgs) -> anyhow::Result<C2sReport> {
     Ok(r)
 }
 
-/// What one process's clients sent and got back.
-struct Outcome {
+/// What one process's clients sent and what came back, counted.
+#[derive(Serialize, Deserialize)]
+struct Counts {
     scheduled: Option<u64>,
     sent: u64,
     acked: u64,
     refused: u64,
     errors: BTreeMap<String, u64>,
     backlog_dropped: u64,
-    /// The last ack, after the common start.
-    last_ack: Duration,
-    latency: Recorder,
 }
 
-impl Outcome {
-    /// Adds another process's outcome (histograms added, not averaged).
-    fn merge(&mut self, other: Outcome) {
+impl Counts {
+    fn add(&mut self, other: Counts) {
         self.scheduled = match (self.scheduled, other.scheduled) {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
@@ -219,12 +216,26 @@ impl Outcome {
             *self.errors.entry(k).or_insert(0) += v;
         }
         self.backlog_dropped += other.backlog_dropped;
+    }
+}
+
+/// One process's counts, its last ack after the common start, and its ack latencies.
+struct Outcome {
+    counts: Counts,
+    last_ack: Duration,
+    latency: Recorder,
+}
+
+impl Outcome {
+    /// Adds another process's outcome (histograms added, not averaged).
+    fn merge(&mut self, other: Outcome) {
+        self.counts.add(other.counts);
         self.last_ack = self.last_ack.max(other.last_ack);
         self.latency.merge(&other.latency);
     }
 
     fn report(self, args: &C2sArgs, bench_procs: usize) -> C2sReport {
-        let sent = self.sent;
+        let c = self.counts;
         C2sReport {
             connections: args.connections,
             load: if args.per_client_rate.is_some() {
@@ -236,16 +247,16 @@ impl Outcome {
             window: args.window,
             duration_s: args.duration_s,
             size: args.size,
-            scheduled: self.scheduled,
-            sent,
-            acked: self.acked,
-            errors: self.errors,
-            unanswered: sent.saturating_sub(self.acked + self.refused),
-            backlog_dropped: self.backlog_dropped,
-            not_sent: self
+            scheduled: c.scheduled,
+            sent: c.sent,
+            acked: c.acked,
+            errors: c.errors,
+            unanswered: c.sent.saturating_sub(c.acked + c.refused),
+            backlog_dropped: c.backlog_dropped,
+            not_sent: c
                 .scheduled
-                .map(|s| s.saturating_sub(sent + self.backlog_dropped)),
-            ingest_per_s: self.acked as f64 / self.last_ack.as_secs_f64().max(1e-9),
+                .map(|s| s.saturating_sub(c.sent + c.backlog_dropped)),
+            ingest_per_s: c.acked as f64 / self.last_ack.as_secs_f64().max(1e-9),
             bench_procs,
             ack_latency: self.latency.percentiles(),
         }
@@ -262,12 +273,8 @@ struct ShareLogin {
 /// A worker's last line: its [`Outcome`], the histogram in V2 base64.
 #[derive(Serialize, Deserialize)]
 struct ShareOutcome {
-    scheduled: Option<u64>,
-    sent: u64,
-    acked: u64,
-    refused: u64,
-    errors: BTreeMap<String, u64>,
-    backlog_dropped: u64,
+    #[serde(flatten)]
+    counts: Counts,
     last_ack_ns: u64,
     latency: String,
 }
@@ -303,12 +310,7 @@ async fn ingest_spread(args: &C2sArgs, procs: usize) -> anyhow::Result<C2sReport
     let mut total: Option<Outcome> = None;
     for line in lines {
         let o = Outcome {
-            scheduled: line.scheduled,
-            sent: line.sent,
-            acked: line.acked,
-            refused: line.refused,
-            errors: line.errors,
-            backlog_dropped: line.backlog_dropped,
+            counts: line.counts,
             last_ack: Duration::from_nanos(line.last_ack_ns),
             latency: Recorder::from_base64(&line.latency)?,
         };
@@ -327,32 +329,24 @@ const START_DELAY: Duration = Duration::from_millis(200);
 const WORKER_SLACK: Duration = Duration::from_secs(30);
 
 fn worker_args(args: &C2sArgs, share: &Share, login_concurrency: usize) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "bench".into(),
-        "c2s-worker".into(),
-        "--target".into(),
-        args.target.to_string(),
-        "--secret".into(),
-        args.secret.clone(),
-        "--app".into(),
-        args.app.to_string(),
-        "--window".into(),
-        args.window.to_string(),
-        "--duration-s".into(),
-        args.duration_s.to_string(),
-        "--msgtype".into(),
-        args.msgtype.to_string(),
-        "--size".into(),
-        args.size.to_string(),
-        "--first".into(),
-        share.first.to_string(),
-        "--count".into(),
-        share.count.to_string(),
-        "--login-concurrency".into(),
-        login_concurrency.to_string(),
+    let mut flags = vec![
+        ("--target", args.target.to_string()),
+        ("--secret", args.secret.clone()),
+        ("--app", args.app.to_string()),
+        ("--window", args.window.to_string()),
+        ("--duration-s", args.duration_s.to_string()),
+        ("--msgtype", args.msgtype.to_string()),
+        ("--size", args.size.to_string()),
+        ("--first", share.first.to_string()),
+        ("--count", share.count.to_string()),
+        ("--login-concurrency", login_concurrency.to_string()),
     ];
     if let Some(r) = args.per_client_rate {
-        a.extend(["--per-client-rate".into(), r.to_string()]);
+        flags.push(("--per-client-rate", r.to_string()));
+    }
+    let mut a = vec!["bench".to_string(), "c2s-worker".to_string()];
+    for (flag, value) in flags {
+        a.extend([flag.to_string(), value]);
     }
     a
 }
@@ -385,12 +379,7 @@ pub async fn worker(a: C2sWorkerArgs) -> anyhow::Result<()> {
     let start = Instant::now() + Duration::from_nanos(start_ns.saturating_sub(mono_ns()));
     let o = drive(&a.c2s, storm.members, start).await?;
     spread::say(&ShareOutcome {
-        scheduled: o.scheduled,
-        sent: o.sent,
-        acked: o.acked,
-        refused: o.refused,
-        errors: o.errors,
-        backlog_dropped: o.backlog_dropped,
+        counts: o.counts,
         last_ack_ns: o.last_ack.as_nanos() as u64,
         latency: o.latency.to_base64(),
     })
@@ -499,12 +488,14 @@ async fn drive(
 
     drop(write_halves);
     Ok(Outcome {
-        scheduled,
-        sent: totals.sent.load(Ordering::Relaxed),
-        acked: totals.acked.load(Ordering::Relaxed),
-        refused: totals.refused.load(Ordering::Relaxed),
-        errors,
-        backlog_dropped,
+        counts: Counts {
+            scheduled,
+            sent: totals.sent.load(Ordering::Relaxed),
+            acked: totals.acked.load(Ordering::Relaxed),
+            refused: totals.refused.load(Ordering::Relaxed),
+            errors,
+            backlog_dropped,
+        },
         last_ack: Duration::from_nanos(totals.last_ack_ns.load(Ordering::Relaxed)),
         latency: latency.merged(),
     })

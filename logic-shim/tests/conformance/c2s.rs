@@ -67,15 +67,25 @@ pub(super) async fn trim_keeps_about_max_len(store: Arc<dyn Store>) {
     for i in 0..500 {
         last = Some(store.append_c2s(APP, MT, &entry(i), max_len).await.unwrap());
     }
+    assert_newest_kept(&store, max_len, last, 500).await;
+}
+
+/// Checks that the stream was trimmed to about `max_len` and that what is
+/// left is the newest suffix: entries up to `entry(end - 1)`, last id `last`.
+async fn assert_newest_kept(
+    store: &Arc<dyn Store>,
+    max_len: u64,
+    last: Option<StreamId>,
+    end: u32,
+) {
     let left = store.read_c2s(APP, MT, None, 10_000).await.unwrap();
     let n = left.len();
     assert!(
         n >= max_len as usize && n <= max_len as usize + TRIM_SLACK,
         "{n} entries left"
     );
-    // Trimming drops the oldest: what is left is the newest suffix.
     assert_eq!(left.last().map(|e| e.id), last);
-    assert_eq!(left[0].entry, entry(500 - n as u32));
+    assert_eq!(left[0].entry, entry(end - n as u32));
 }
 
 pub(super) async fn concurrent_appends_get_unique_ids(store: Arc<dyn Store>) {
@@ -193,12 +203,5 @@ pub(super) async fn batched_streams_page_and_trim_like_single_appends(store: Arc
             .await;
         last = got.last().cloned().map(Result::unwrap);
     }
-    let left = store.read_c2s(APP, MT, None, 10_000).await.unwrap();
-    let n = left.len();
-    assert!(
-        n >= max_len as usize && n <= max_len as usize + TRIM_SLACK,
-        "{n} entries left"
-    );
-    assert_eq!(left.last().map(|e| e.id), last);
-    assert_eq!(left[0].entry, entry(1_000 + 1_500 - n as u32));
+    assert_newest_kept(&store, max_len, last, 1_000 + 1_500).await;
 }
