@@ -113,18 +113,16 @@ impl Reader {
     /// Reads what is readable; false once the peer has closed (or sent
     /// bytes that are not frames).
     fn take(&mut self, stream: &TcpStream) -> bool {
-        let Some(receipts) = &self.receipts else {
-            return drain(stream);
+        let mut buf = [0u8; 4096];
+        let n = match recv_once(stream, &mut buf) {
+            Recv::Data(n) => n,
+            Recv::Empty => return true,
+            Recv::Closed => return false,
         };
-        loop {
-            self.rbuf.reserve(4096);
-            match stream.try_read_buf(&mut self.rbuf) {
-                Ok(0) => return false,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => return false,
-            }
-        }
+        let Some(receipts) = &self.receipts else {
+            return true; // discarded: keepalive replies
+        };
+        self.rbuf.extend_from_slice(&buf[..n]);
         loop {
             match Frame::parse(&mut self.rbuf, DEFAULT_MAX_BODY * 16) {
                 Ok(Some(f)) if f.header.cmd == Cmd::S2c => {
@@ -145,19 +143,47 @@ impl Reader {
     }
 }
 
-/// Reads and discards what is readable; false once the peer has closed.
-fn drain(stream: &TcpStream) -> bool {
-    let mut sink = [0u8; 512];
-    loop {
-        match stream.try_read(&mut sink) {
-            Ok(0) => return false,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
-            Err(_) => return false,
-        }
-    }
+/// What one receive got.
+enum Recv {
+    /// Bytes, this many.
+    Data(usize),
+    /// Nothing after all (a stale readiness event).
+    Empty,
+    /// The peer closed, or the socket failed.
+    Closed,
 }
 
+/// One `recv` per wake-up. A read that leaves room in `buf` has emptied the
+/// socket, so the readiness is cleared right there, instead of by a second
+/// `recv` that would only answer EAGAIN: a syscall per delivery saved, on
+/// the receivers that share the cores with the gateway in a broadcast.
+/// (tokio clears readiness only for the event it observed, so bytes that
+/// arrive meanwhile still wake the holder.) A full buffer keeps the
+/// readiness and is read again at once.
+fn recv_once(stream: &TcpStream, buf: &mut [u8]) -> Recv {
+    use std::os::fd::AsRawFd;
+    let mut got = 0;
+    let result = stream.try_io(tokio::io::Interest::READABLE, || {
+        // SAFETY: recv writes at most buf.len() bytes into the buffer we own.
+        let n = unsafe { libc::recv(stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        got = n as usize;
+        if got > 0 && got < buf.len() {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) if got == 0 => Recv::Closed,
+        Ok(()) => Recv::Data(got),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && got > 0 => Recv::Data(got),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Recv::Empty,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Recv::Empty,
+        Err(_) => Recv::Closed,
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
