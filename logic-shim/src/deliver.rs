@@ -19,6 +19,7 @@ use crate::reach::Stage;
 use crate::store::{InboxMessage, SessionKey, SessionRecord, StoreError};
 use crate::Logic;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -198,6 +199,9 @@ pub fn deliver(logic: &Arc<Logic>, push: &Outgoing, plan: Plan) -> Vec<bool> {
         .collect()
 }
 
+/// Stale-session removals one correction keeps in flight.
+const STALE_REMOVALS_IN_FLIGHT: usize = 64;
+
 /// One LINK_DELIVER's sessions, kept until its confirmation comes.
 struct Missed {
     logic: Arc<Logic>,
@@ -224,14 +228,21 @@ impl Missed {
     async fn correct(self, r: pb::LinkDeliverReply) {
         let gone: HashSet<u64> = r.gone.into_iter().collect();
         let missed: HashSet<u64> = gone.iter().copied().chain(r.not_ready).collect();
-        for o in self.owners.iter().filter(|o| gone.contains(&o.conn)) {
-            let key = SessionKey {
-                gate_id: self.gate.gate_id.clone(),
-                shard: self.gate.shard,
-                conn: o.conn,
-            };
-            presence::drop_stale(&self.logic, self.app, &o.uid, &key, o.epoch).await;
-        }
+        // Concurrently, so the embedded store commits them together and
+        // Redis pipelines them: a shard that lost thousands of connections
+        // is corrected in a few round trips, not one per session.
+        let (logic, app, gate) = (&*self.logic, self.app, &self.gate);
+        let gone_owners = self.owners.iter().filter(|o| gone.contains(&o.conn));
+        futures_util::stream::iter(gone_owners)
+            .for_each_concurrent(STALE_REMOVALS_IN_FLIGHT, |o| async move {
+                let key = SessionKey {
+                    gate_id: gate.gate_id.clone(),
+                    shard: gate.shard,
+                    conn: o.conn,
+                };
+                presence::drop_stale(logic, app, &o.uid, &key, o.epoch).await;
+            })
+            .await;
         let unreached = unreached(&self.owners, &missed);
         if unreached.is_empty() {
             return;
