@@ -132,6 +132,58 @@ async fn c2s_is_readable_from_the_stream(tg: &Tidegate) {
     assert_eq!(rest[0]["content"], "{\"lat\":39.9,\"lng\":116.2}");
 }
 
+/// Frames logic stores as one batch: a bad one is refused alone, and the
+/// others are stored in the order they were sent.
+async fn a_bad_c2s_in_a_batch_is_refused_alone(tg: &Tidegate) {
+    let mut c = login(tg, "driver-9").await;
+    let mut burst = Vec::new();
+    for seq in 1..=6u32 {
+        let mut h = tidegate_proto::Header::new(Cmd::C2s, AppCode(1), seq);
+        h.msgtype = MsgType(6);
+        h.flags = tidegate_proto::Flags::ACK_REQUESTED;
+        let frame = if seq == 3 {
+            // Not a Payload: field 1 as a varint where a string belongs.
+            tidegate_proto::Frame {
+                header: h,
+                body: bytes::Bytes::from_static(&[0x08, 0x01]),
+            }
+        } else {
+            let body = pb::Payload {
+                content_type: "text/plain".into(),
+                content: format!("fix {seq}").into_bytes().into(),
+            };
+            tidegate_proto::Frame::new(h, &body)
+        };
+        burst.extend_from_slice(&frame.to_bytes());
+    }
+    c.send_raw(&burst).await.unwrap();
+    let mut answers = std::collections::BTreeMap::new();
+    while answers.len() < 6 {
+        let f = timeout(WAIT, c.recv()).await.unwrap().unwrap();
+        let answer = match f.header.cmd {
+            Cmd::C2s => "ack".to_string(),
+            Cmd::Error => ErrorCode::from_u32(f.decode_body::<pb::Error>().unwrap().code)
+                .map_or("?", |c| c.name())
+                .to_string(),
+            other => panic!("unexpected {other:?}"),
+        };
+        answers.insert(f.header.seq, answer);
+    }
+    let want: Vec<(u32, &str)> = (1..=6)
+        .map(|s| (s, if s == 3 { "bad_body" } else { "ack" }))
+        .collect();
+    let got: Vec<(u32, &str)> = answers.iter().map(|(s, a)| (*s, a.as_str())).collect();
+    assert_eq!(got, want);
+    let page = get(tg, "/v1/streams/c2s?app=1&msgtype=6&limit=10").await;
+    let stored: Vec<&str> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(stored, ["fix 1", "fix 2", "fix 4", "fix 5", "fix 6"]);
+}
+
 async fn bad_tokens_get_typed_errors(tg: &Tidegate) {
     let mut c = Client::connect(tg.client).await.unwrap();
     match c.login(AppCode(1), "not-a-token", "d", "ios").await {
@@ -176,6 +228,11 @@ macro_rules! backend_tests {
             #[tokio::test]
             async fn c2s_is_readable_from_the_stream() {
                 super::c2s_is_readable_from_the_stream(&up().await.tg).await;
+            }
+
+            #[tokio::test]
+            async fn a_bad_c2s_in_a_batch_is_refused_alone() {
+                super::a_bad_c2s_in_a_batch_is_refused_alone(&up().await.tg).await;
             }
 
             #[tokio::test]
