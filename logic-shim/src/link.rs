@@ -32,9 +32,11 @@ const MAX_LINK_BODY: u32 = 16 << 20;
 const LANES: usize = 64;
 /// Frames queued per lane before the link reader waits (backpressure to the gate).
 const LANE_QUEUE: usize = 1024;
-/// C2S frames queued for the link's c2s pipeline: two batches' worth, so
-/// the next batch fills while one is being stored.
-const C2S_QUEUE: usize = 2 * c2s::BATCH_MAX;
+/// C2S frames queued for the link's c2s pipeline while a batch is being
+/// stored. More than a gate shard keeps in flight by default
+/// (`gateway.flow.max_inflight_logic`, 10,000), so a C2S flood does not
+/// stall the link reader, and the logins behind it, on every commit.
+const C2S_QUEUE: usize = 4 * c2s::BATCH_MAX;
 
 /// Where gate links arrive.
 pub enum LinkListener {
