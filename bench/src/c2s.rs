@@ -10,7 +10,7 @@
 //! pipelined; the writer packs every frame its window allows into one write.
 
 use crate::fleet::{self, error_label, StormPlan};
-use crate::pace::{Pacer, Schedule, Slot};
+use crate::pace::{self, Schedule, Slot};
 use crate::procs::{self, Share, Workers};
 use crate::receipts::mono_ns;
 use crate::report::{self, SharedRecorder};
@@ -457,13 +457,24 @@ async fn drive(
         // One schedule for the fleet: slot k belongs to client k mod N, so
         // each client sends every 1/rate seconds and the clients' phases
         // are spread evenly instead of bursting together.
-        let mut pacer = Pacer::start(Schedule::at_rate(rate * n as f64, count, start))?;
-        while let Some(slot) = pacer.next().await {
-            if backlogs[slot.index as usize % n].try_send(slot).is_err() {
-                backlog_dropped += 1;
-            }
-        }
-        drop(backlogs);
+        // The pacing thread hands each slot straight to its client's writer:
+        // a hop through this task would cost a wake-up per frame.
+        let dropped = Arc::new(AtomicU64::new(0));
+        let schedule = Schedule::at_rate(rate * n as f64, count, start);
+        let pacer = {
+            let dropped = dropped.clone();
+            pace::run_each(schedule, move |slot| {
+                if backlogs[slot.index as usize % n].try_send(slot).is_err() {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                true
+            })?
+        };
+        // The thread ends after the last slot, dropping the backlogs' senders.
+        tokio::task::spawn_blocking(move || pacer.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))?;
+        backlog_dropped = dropped.load(Ordering::Relaxed);
     }
     let mut write_halves = Vec::with_capacity(n);
     while let Some(done) = writers.join_next().await {
