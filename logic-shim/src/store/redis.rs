@@ -409,20 +409,21 @@ impl Store for RedisStore {
             }
         });
         for (key, slots, ids) in futures_util::future::join_all(sent).await {
-            match ids {
-                Ok(ids) if ids.len() == slots.len() => {
-                    for (i, id) in slots.into_iter().zip(ids) {
-                        results[i] = Some(parse_stream_id(&key, &id));
-                    }
-                }
-                Ok(ids) => {
-                    let e = StoreError::Corrupt(format!(
+            let ids = ids.and_then(|ids| {
+                if ids.len() == slots.len() {
+                    Ok(ids)
+                } else {
+                    Err(StoreError::Corrupt(format!(
                         "{} XADDs to {key} answered {} ids",
                         slots.len(),
                         ids.len()
-                    ));
-                    for i in slots {
-                        results[i] = Some(Err(e.clone()));
+                    )))
+                }
+            });
+            match ids {
+                Ok(ids) => {
+                    for (i, id) in slots.into_iter().zip(ids) {
+                        results[i] = Some(parse_stream_id(&key, &id));
                     }
                 }
                 Err(e) => {

@@ -439,7 +439,7 @@ impl<'txn> Tables<'txn> {
         for (i, row) in rows.iter().enumerate() {
             // A batch names few streams: a scan beats hashing each row.
             match streams.iter_mut().find(|(s, _)| *s == row.stream) {
-                Some((_, rows)) => rows.push(i),
+                Some((_, members)) => members.push(i),
                 None => streams.push((&row.stream, vec![i])),
             }
         }
