@@ -130,14 +130,6 @@ impl EmbeddedStore {
         answer.await.map_err(|_| gone())?
     }
 
-    /// Appends rows in one job (one transaction); their ids in order.
-    async fn append_rows(&self, rows: Vec<C2sRow>) -> Result<Vec<StreamId>, StoreError> {
-        match self.write(Op::AppendC2s(rows)).await? {
-            Done::Appended(ids) => Ok(ids),
-            other => Err(mismatch("append_c2s", &other)),
-        }
-    }
-
     /// Runs a read transaction on the blocking pool.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -411,16 +403,15 @@ impl Store for EmbeddedStore {
         entry: &C2sEntry,
         max_len: u64,
     ) -> Result<StreamId, StoreError> {
-        check_max_len("c2s", max_len)?;
-        let row = C2sRow {
-            stream: c2s_stream_key(app, msgtype),
-            encoded: encode_entry(entry),
+        // Off the hot path (c2s ingest batches): one code path for both.
+        let one = C2sAppend {
+            app,
+            msgtype,
+            entry: entry.clone(),
             max_len,
         };
-        self.append_rows(vec![row])
-            .await?
-            .pop()
-            .ok_or_else(|| StoreError::Unavailable("embedded store writer returned no id".into()))
+        let mut results = self.append_c2s_many(std::slice::from_ref(&one)).await;
+        results.pop().expect("one result per item")
     }
 
     async fn append_c2s_many(&self, batch: &[C2sAppend]) -> Vec<Result<StreamId, StoreError>> {
@@ -431,8 +422,8 @@ impl Store for EmbeddedStore {
         // A batch is mostly runs of one stream: format its key once per run.
         let mut key: Option<((AppCode, MsgType), String)> = None;
         for a in batch {
-            refused.push(check_max_len("c2s", a.max_len).err());
-            if refused.last().is_some_and(Option::is_none) {
+            let refusal = check_max_len("c2s", a.max_len).err();
+            if refusal.is_none() {
                 let stream = match &key {
                     Some((of, stream)) if *of == (a.app, a.msgtype) => stream.clone(),
                     _ => key
@@ -446,11 +437,16 @@ impl Store for EmbeddedStore {
                     max_len: a.max_len,
                 });
             }
+            refused.push(refusal);
         }
         let committed = if rows.is_empty() {
             Ok(Vec::new())
         } else {
-            self.append_rows(rows).await
+            match self.write(Op::AppendC2s(rows)).await {
+                Ok(Done::Appended(ids)) => Ok(ids),
+                Ok(other) => Err(mismatch("append_c2s", &other)),
+                Err(e) => Err(e),
+            }
         };
         let mut ids = committed.as_ref().map(|ids| ids.iter());
         refused
