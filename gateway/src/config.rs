@@ -30,6 +30,10 @@ pub struct GatewayConfig {
     pub idle_timeout_s: u32,
     /// Frames queued for one client before it counts as a slow consumer and is closed.
     pub max_outbound_frames: usize,
+    /// Seconds without input after which a logged-in connection parks (gives
+    /// up its task; input, deliveries and closes are still served); it
+    /// parks between one and two of these after its last frame. 0 = never.
+    pub park_idle_s: u32,
     /// io_uring registered buffer memory per shard, KiB (counts against `ulimit -l`).
     pub io_memory_kib: usize,
     /// io_uring submission queue depth per ring (also sizes the kernel's
@@ -161,6 +165,7 @@ impl Default for GatewayConfig {
             keepalive_s: 30,
             idle_timeout_s: 90,
             max_outbound_frames: 1024,
+            park_idle_s: 10,
             // Three rings per executor plus this buffer must fit in the
             // default 8 MiB `ulimit -l` for every shard together: 512 KiB each.
             io_memory_kib: 512,
@@ -226,6 +231,12 @@ impl GatewayConfig {
                 )
             },
         )?;
+        check(self.park_idle_s <= 86_400, "gateway.park_idle_s", || {
+            format!(
+                "{} is above the maximum 86400 (one day); 0 turns parking off",
+                self.park_idle_s
+            )
+        })?;
         check(!self.logic.is_empty(), "gateway.logic", || {
             "lists no logic address; give at least one, e.g. [\"127.0.0.1:7100\"]".into()
         })?;

@@ -6,9 +6,10 @@
 
 use crate::flow::Verdict;
 use crate::session::CloseReason;
+use crate::shard::Resume;
 use crate::shard::Shard;
-use crate::table::Conn;
-use bytes::BytesMut;
+use crate::table::{Activity, Conn};
+use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::collections::VecDeque;
@@ -16,31 +17,59 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
-use tidegate_proto::{Cmd, Frame, HEADER_LEN};
+use tidegate_proto::{Cmd, ConnId, Frame, HEADER_LEN};
 
-/// Serves one accepted connection until it closes.
+/// Serves one accepted connection until it closes or parks.
 ///
-/// A plain function returning an `async move` block rather than an `async
-/// fn`: an async fn copies its arguments into its state on first poll, which
+/// Plain functions returning an `async move` block rather than `async fn`s:
+/// an async fn copies its arguments into its state on first poll, which
 /// stored the 120-byte stream twice in every connection's task.
 pub fn serve(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: Option<SocketAddr>,
 ) -> impl std::future::Future<Output = ()> {
     let _ = stream.set_nodelay(true);
+    let (id, conn) = shard.open(peer);
+    resume(shard, id, conn, stream, None)
+}
+
+/// Serves a connection: a new one (`resume` empty) or a parked one again,
+/// starting with what the parking task left half done (boxed: rare, and
+/// the task of every connection would otherwise hold room for it).
+#[allow(clippy::manual_async_fn)] // an async fn would copy the stream (see `serve`)
+pub fn resume(
+    shard: Rc<Shard>,
+    id: ConnId,
+    conn: Rc<Conn>,
+    mut stream: TcpStream,
+    resume: Option<Box<Resume>>,
+) -> impl std::future::Future<Output = ()> {
     async move {
-        let (id, conn) = shard.open();
-        let reason = drive(&shard, &conn, &mut stream, peer).await;
-        shard.release(id, reason);
-        if let Some(ip) = peer.map(|p| p.ip()) {
-            // The accept loop admitted this IP; misbehaviour counts towards a ban.
-            shard.guard.release(ip);
-            if matches!(reason, CloseReason::BadFrame(_) | CloseReason::Throttled) {
-                shard.guard.violation(ip, reason.label());
-            }
+        // Parked: the connection lives on in the table and the park set;
+        // this task's stream closes only its own copy of the socket.
+        if let End::Closed(reason) = drive(&shard, &conn, &mut stream, resume).await {
+            finish(&shard, id, &conn, reason);
         }
     }
+}
+
+fn finish(shard: &Shard, id: ConnId, conn: &Conn, reason: CloseReason) {
+    shard.release(id, reason);
+    if let Some(ip) = conn.peer.map(|p| p.ip()) {
+        // The accept loop admitted this IP; misbehaviour counts towards a ban.
+        shard.guard.release(ip);
+        if matches!(reason, CloseReason::BadFrame(_) | CloseReason::Throttled) {
+            shard.guard.violation(ip, reason.label());
+        }
+    }
+}
+
+/// How a connection's task ended.
+enum End {
+    Closed(CloseReason),
+    /// Handed to the shard's park set (`shard/parking.rs`).
+    Parked,
 }
 
 enum Event {
@@ -53,54 +82,72 @@ async fn drive(
     shard: &Shard,
     conn: &Conn,
     stream: &mut TcpStream,
-    peer: Option<SocketAddr>,
-) -> CloseReason {
-    let mut pending = BytesMut::new();
+    resume: Option<Box<Resume>>,
+) -> End {
+    let (mut pending, unsent) = resume.map_or_else(Default::default, |r| (r.pending, r.unsent));
+    // A batch the parking task wrote in part is finished first.
+    if !unsent.is_empty() && boxed(flush(shard, conn, stream, unsent)).await.is_err() {
+        return End::Closed(CloseReason::Io);
+    }
+    // Bytes read while parked are handled before reading more.
+    let mut next = (!pending.is_empty()).then_some(Event::Read(0));
     loop {
         // Writing and rate-limit delays are boxed: an async fn is as large
         // as its largest state, and an idle connection (the common case,
         // a million of them) should only pay for the read wait below.
         // Measured: 816 bytes per connection future before boxing.
-        if !conn.out.borrow().is_empty() && boxed(flush(shard, conn, stream)).await.is_err() {
-            return CloseReason::Io;
+        if !conn.out.borrow().is_empty()
+            && boxed(flush(shard, conn, stream, Bytes::new()))
+                .await
+                .is_err()
+        {
+            return End::Closed(CloseReason::Io);
         }
         if let Some(reason) = conn.closing.get() {
-            return reason;
+            return End::Closed(reason);
         }
-        let event = std::future::poll_fn(|cx| {
-            if conn.wake.poll_wait(cx).is_ready() {
-                return Poll::Ready(Ok(Event::Wake));
+        let event = match next.take() {
+            Some(event) => Ok(event),
+            None => {
+                std::future::poll_fn(|cx| {
+                    if conn.wake.poll_wait(cx).is_ready() {
+                        return Poll::Ready(Ok(Event::Wake));
+                    }
+                    // The borrow ends inside this poll: no borrow lives across an await.
+                    let mut buf = shard.read_buf.borrow_mut();
+                    match Pin::new(&mut *stream).poll_read(cx, &mut buf[..]) {
+                        Poll::Ready(Ok(0)) => Poll::Ready(Ok(Event::Eof)),
+                        Poll::Ready(Ok(n)) => {
+                            pending.extend_from_slice(&buf[..n]);
+                            Poll::Ready(Ok(Event::Read(n)))
+                        }
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        Poll::Pending => Poll::Pending,
+                    }
+                })
+                .await
             }
-            // The borrow ends inside this poll: no borrow lives across an await.
-            let mut buf = shard.read_buf.borrow_mut();
-            match Pin::new(&mut *stream).poll_read(cx, &mut buf[..]) {
-                Poll::Ready(Ok(0)) => Poll::Ready(Ok(Event::Eof)),
-                Poll::Ready(Ok(n)) => {
-                    pending.extend_from_slice(&buf[..n]);
-                    Poll::Ready(Ok(Event::Read(n)))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
+        };
         match event {
-            Ok(Event::Wake) => {}
-            Ok(Event::Eof) => return CloseReason::ClientClosed,
-            Err(_) => return CloseReason::Io,
+            Ok(Event::Wake) => {
+                if conn.activity.get() == Activity::ParkRequested {
+                    if shard.park(conn, stream, &pending) {
+                        return End::Parked;
+                    }
+                    // Not parkable now (bytes or frames in flight): the
+                    // next sweep asks again.
+                    conn.activity.set(Activity::Quiet);
+                }
+            }
+            Ok(Event::Eof) => return End::Closed(CloseReason::ClientClosed),
+            Err(_) => return End::Closed(CloseReason::Io),
             Ok(Event::Read(n)) => {
                 shard.metrics.bytes_in.increment(n as u64);
-                if let Some(stalled) = decode_all(shard, conn, &mut pending, peer) {
-                    let delayed = boxed(ride_out_delays(
-                        shard,
-                        conn,
-                        stream,
-                        &mut pending,
-                        peer,
-                        stalled,
-                    ));
+                if let Some(stalled) = decode_all(shard, conn, &mut pending) {
+                    let delayed =
+                        boxed(ride_out_delays(shard, conn, stream, &mut pending, stalled));
                     if delayed.await.is_err() {
-                        return CloseReason::Io;
+                        return End::Closed(CloseReason::Io);
                     }
                 }
                 if pending.is_empty() {
@@ -128,35 +175,33 @@ async fn ride_out_delays(
     conn: &Conn,
     stream: &mut TcpStream,
     pending: &mut BytesMut,
-    peer: Option<SocketAddr>,
     first: (Frame, std::time::Duration),
 ) -> std::io::Result<()> {
     let mut stalled = Some(first);
     while let Some((frame, wait)) = stalled {
-        flush(shard, conn, stream).await?;
+        flush(shard, conn, stream, Bytes::new()).await?;
         glommio::timer::sleep(wait).await;
         if let Verdict::Delay(w) = shard.admit_frame(conn, frame_len(&frame)) {
             stalled = Some((frame, w));
             continue;
         }
-        handle(shard, conn, &frame, peer);
-        stalled = decode_all(shard, conn, pending, peer);
+        handle(shard, conn, &frame);
+        stalled = decode_all(shard, conn, pending);
     }
     Ok(())
 }
 
 /// Hands every complete frame in `pending` to the session, within the
 /// connection's rate limits. Returns a frame that must wait, and how long.
-fn decode_all(
+pub fn decode_all(
     shard: &Shard,
     conn: &Conn,
     pending: &mut BytesMut,
-    peer: Option<SocketAddr>,
 ) -> Option<(Frame, std::time::Duration)> {
     while conn.closing.get().is_none() {
         match Frame::parse(pending, shard.cfg.max_body) {
             Ok(Some(frame)) => match shard.admit_frame(conn, frame_len(&frame)) {
-                Verdict::Pass => handle(shard, conn, &frame, peer),
+                Verdict::Pass => handle(shard, conn, &frame),
                 Verdict::Delay(wait) => return Some((frame, wait)),
                 Verdict::Drop => {}
                 Verdict::Error => shard.throttle(conn, &frame.header, false),
@@ -179,19 +224,26 @@ fn frame_len(frame: &Frame) -> usize {
     HEADER_LEN + frame.body.len()
 }
 
-fn handle(shard: &Shard, conn: &Conn, frame: &Frame, peer: Option<SocketAddr>) {
+fn handle(shard: &Shard, conn: &Conn, frame: &Frame) {
     // Only LOGIN needs the address; don't format it per frame.
-    let peer = match (frame.header.cmd, peer) {
+    let peer = match (frame.header.cmd, conn.peer) {
         (Cmd::Login, Some(p)) => p.to_string(),
         _ => String::new(),
     };
     shard.handle_frame(conn, frame, &peer);
 }
 
-/// Writes every queued frame, batching several into one write.
-async fn flush(shard: &Shard, conn: &Conn, stream: &mut TcpStream) -> std::io::Result<()> {
+/// Writes `head`, then every queued frame, batching several into one write.
+async fn flush(
+    shard: &Shard,
+    conn: &Conn,
+    stream: &mut TcpStream,
+    mut head: Bytes,
+) -> std::io::Result<()> {
     loop {
-        let batch = {
+        let batch = if !head.is_empty() {
+            std::mem::take(&mut head)
+        } else {
             let mut out = conn.out.borrow_mut();
             match out.len() {
                 0 => {

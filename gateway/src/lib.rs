@@ -20,6 +20,7 @@ mod flow;
 pub mod guard;
 mod link;
 pub mod metrics;
+mod park;
 mod session;
 mod shard;
 mod signal;
@@ -194,6 +195,7 @@ async fn run_shard(
     for idx in 0..shard.links.len() {
         glommio::spawn_local(link::run(shard.clone(), idx)).detach();
     }
+    glommio::spawn_local(shard::run_parking(shard.clone())).detach();
     let listening = Rc::new(Cell::new(true));
     let mut acceptor = spawn_acceptor(shard.clone(), listener, listening.clone());
 
@@ -201,6 +203,7 @@ async fn run_shard(
     loop {
         glommio::timer::sleep(Duration::from_millis(250)).await;
         shard.tick();
+        shard.sweep_idle();
         for link in &shard.links {
             link.check_liveness();
         }

@@ -142,6 +142,11 @@ impl Session {
         }
     }
 
+    /// The connection this session belongs to.
+    pub fn conn_id(&self) -> ConnId {
+        self.conn
+    }
+
     /// The current phase.
     pub fn phase(&self) -> &Phase {
         &self.phase

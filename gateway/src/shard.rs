@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use tidegate_proto::{pb, AppCode, Cmd, ConnId, DecodeError, ErrorCode, Flags, Frame, Header};
 
 mod fanout;
+mod parking;
 pub use fanout::incarnation;
+pub use parking::{run as run_parking, Resume};
 
 /// Size of the shard's shared read buffer: every connection reads into it
 /// and keeps only the bytes of an incomplete frame, so idle connections hold
@@ -58,6 +60,9 @@ pub struct Shard {
     accept_bucket: Cell<Bucket>,
     /// Gate lease heartbeats (see `shard/fanout.rs`).
     heartbeat: fanout::HeartbeatClock,
+    /// Idle connections without a task (see `shard/parking.rs`); `None`
+    /// when `gateway.park_idle_s` is 0.
+    parking: Option<parking::Parking>,
 }
 
 impl Shard {
@@ -75,6 +80,14 @@ impl Shard {
             .map(|a| Rc::new(Link::new(a.clone())))
             .collect();
         let horizon = cfg.idle_timeout_s.max(cfg.auth_timeout_s) + 2;
+        let parking = (cfg.park_idle_s > 0)
+            .then(|| parking::Parking::new(id))
+            .and_then(|p| {
+                p.map_err(|e| {
+                    tracing::warn!(shard = id, "cannot park idle connections: {e}");
+                })
+                .ok()
+            });
         Shard {
             id,
             gate_id,
@@ -92,6 +105,7 @@ impl Shard {
             draining: Cell::new(false),
             accept_bucket: Cell::new(Bucket::full(cfg.flow.accept_burst, 0)),
             heartbeat: Default::default(),
+            parking,
             cfg,
         }
     }
@@ -128,13 +142,14 @@ impl Shard {
     }
 
     /// Registers a new connection, armed with the auth deadline.
-    pub fn open(&self) -> (ConnId, Rc<Conn>) {
+    pub fn open(&self, peer: Option<std::net::SocketAddr>) -> (ConnId, Rc<Conn>) {
         let deadline = self.now() + self.cfg.auth_timeout_s;
         let flow = Flow::new(&self.cfg.flow, self.now_ms());
-        let (id, conn) = self
-            .table
-            .borrow_mut()
-            .insert(|id| crate::session::Session::new(id, deadline), flow);
+        let (id, conn) = self.table.borrow_mut().insert(
+            |id| crate::session::Session::new(id, deadline),
+            flow,
+            peer,
+        );
         self.wheel.borrow_mut().insert(id, deadline);
         self.metrics.accepted.increment(1);
         self.metrics.connections.increment(1.0);
@@ -190,7 +205,7 @@ impl Shard {
             ),
         );
         if close {
-            conn.close(CloseReason::Throttled);
+            self.close(conn, CloseReason::Throttled);
         }
     }
 
@@ -201,6 +216,10 @@ impl Shard {
             tidegate_proto::HEADER_LEN + frame.body.len(),
         );
         let h = &frame.header;
+        if h.cmd != Cmd::Keepalive {
+            // Keepalives alone leave a connection idle: it may park.
+            conn.activity.set(crate::table::Activity::Busy);
+        }
         if h.cmd == Cmd::Login && self.guard.app_denied(h.appcode.0) {
             metrics::rejected("app_denied");
             metrics::error_sent(ErrorCode::Banned.name());
@@ -228,7 +247,7 @@ impl Shard {
         self.enqueue(conn, error_frame(&header, err.code(), &err.to_string()));
         metrics::error_sent(err.code().name());
         if err.is_fatal() {
-            conn.close(CloseReason::BadFrame(err.label()));
+            self.close(conn, CloseReason::BadFrame(err.label()));
         }
     }
 
@@ -259,7 +278,7 @@ impl Shard {
             self.enqueue(conn, reply);
         }
         if let Some(reason) = fx.close {
-            conn.close(reason);
+            self.close(conn, reason);
         }
     }
 
@@ -281,7 +300,7 @@ impl Shard {
                 None => {
                     metrics::queue_drop("disconnect");
                     drop(out);
-                    conn.close(CloseReason::SlowConsumer);
+                    self.close(conn, CloseReason::SlowConsumer);
                     return;
                 }
             }
@@ -291,7 +310,13 @@ impl Shard {
         }
         out.push_back(frame);
         drop(out);
-        conn.wake.notify();
+        self.wake(conn);
+    }
+
+    /// Asks a connection to flush and close.
+    pub fn close(&self, conn: &Conn, reason: CloseReason) {
+        conn.close(reason);
+        self.wake(conn);
     }
 
     /// Whether any logic link is up.
@@ -423,7 +448,7 @@ impl Shard {
         };
         let h = Header::new(Cmd::Kickout, AppCode(0), 0);
         self.enqueue(conn, Frame::encode_msg_to_bytes(h, &body));
-        conn.close(close);
+        self.close(conn, close);
     }
 
     /// Kicks every connection with KICKOUT(draining) so clients reconnect
@@ -555,7 +580,7 @@ impl Shard {
         let body = kick.kickout.unwrap_or_default();
         let frame = Frame::encode_msg_to_bytes(Header::new(Cmd::Kickout, appcode, 0), &body);
         self.enqueue(&conn, frame);
-        conn.close(CloseReason::Kicked);
+        self.close(&conn, CloseReason::Kicked);
     }
 
     /// A link went down: logins in flight on it will never be answered.
@@ -605,7 +630,7 @@ impl Shard {
                     ),
                 );
                 metrics::error_sent(ErrorCode::AuthTimeout.name());
-                conn.close(CloseReason::AuthTimeout);
+                self.close(&conn, CloseReason::AuthTimeout);
             }
         }
     }

@@ -23,6 +23,12 @@ impl Signal {
         }
     }
 
+    /// Drops the waiting task's waker: a waker keeps its task's memory
+    /// alive, and a parked connection's task has ended.
+    pub fn forget_waker(&self) {
+        drop(self.waker.take());
+    }
+
     /// Ready once after each `notify` (several notifies coalesce into one).
     pub fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.set.replace(false) {

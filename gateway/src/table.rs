@@ -11,13 +11,16 @@ use crate::signal::Signal;
 use bytes::Bytes;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use tidegate_proto::ConnId;
 
 /// A connection's state shared between its task and the shard.
 ///
 /// Idle cost: the session, an empty queue (no allocation until something is
-/// queued) and the signal.
+/// queued) and the signal. A parked connection (`shard/parking.rs`) is only
+/// this and its slab slot.
 pub struct Conn {
     /// Protocol state.
     pub session: RefCell<Session>,
@@ -29,25 +32,54 @@ pub struct Conn {
     pub closing: Cell<Option<CloseReason>>,
     /// Inbound rate limits.
     pub flow: Cell<Flow>,
+    /// The client's address (kept here, not in the task, so a parked
+    /// connection still knows whose per-IP count to release).
+    pub peer: Option<SocketAddr>,
+    /// The socket, while the connection is parked (no task serves it).
+    pub parked: Cell<Option<OwnedFd>>,
+    /// Whether the client sent anything lately, for the parking sweep.
+    pub activity: Cell<Activity>,
+}
+
+/// A connection's recent activity, as the parking sweep sees it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Activity {
+    /// Read from since the last sweep.
+    Busy,
+    /// Nothing read for one sweep.
+    Quiet,
+    /// Nothing read for two sweeps: its task should park it.
+    ParkRequested,
 }
 
 impl Conn {
-    fn new(session: Session, flow: Flow) -> Conn {
+    fn new(session: Session, flow: Flow, peer: Option<SocketAddr>) -> Conn {
         Conn {
             session: RefCell::new(session),
             out: RefCell::new(VecDeque::new()),
             wake: Signal::default(),
             closing: Cell::new(None),
             flow: Cell::new(flow),
+            peer,
+            parked: Cell::new(None),
+            activity: Cell::new(Activity::Busy),
         }
     }
 
-    /// Asks the connection task to flush and close.
+    /// Whether no task serves this connection now.
+    pub fn is_parked(&self) -> bool {
+        let fd = self.parked.take();
+        let parked = fd.is_some();
+        self.parked.set(fd);
+        parked
+    }
+
+    /// Marks the connection to flush and close; `Shard::close` also wakes
+    /// whoever serves it (its task, or the parking task).
     pub fn close(&self, reason: CloseReason) {
         if self.closing.get().is_none() {
             self.closing.set(Some(reason));
         }
-        self.wake.notify();
     }
 }
 
@@ -69,6 +101,7 @@ impl SessionTable {
         &mut self,
         session: impl FnOnce(ConnId) -> Session,
         flow: Flow,
+        peer: Option<SocketAddr>,
     ) -> (ConnId, Rc<Conn>) {
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -85,7 +118,7 @@ impl SessionTable {
             slot,
             generation: entry.generation,
         };
-        let conn = Rc::new(Conn::new(session(id), flow));
+        let conn = Rc::new(Conn::new(session(id), flow, peer));
         entry.conn = Some(conn.clone());
         (id, conn)
     }
@@ -128,9 +161,9 @@ mod tests {
     #[test]
     fn stale_ids_never_reach_a_reused_slot() {
         let mut t = SessionTable::default();
-        let (a, _) = t.insert(|id| Session::new(id, 0), flow());
+        let (a, _) = t.insert(|id| Session::new(id, 0), flow(), None);
         assert!(t.remove(a).is_some());
-        let (b, _) = t.insert(|id| Session::new(id, 0), flow());
+        let (b, _) = t.insert(|id| Session::new(id, 0), flow(), None);
         assert_eq!(a.slot, b.slot, "slot reused");
         assert!(t.get(a).is_none(), "old generation is stale");
         assert!(t.get(b).is_some());

@@ -1,0 +1,180 @@
+//! Parked connections end to end (`gateway.park_idle_s`): an idle session
+//! gives up its task, and everything a session does still works while it is
+//! parked, over real sockets against the real binary.
+
+mod common;
+
+use common::{metric, token, Backend, Tidegate, DEV_API_KEY};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tidegate_proto::client::{Client, ClientError};
+use tidegate_proto::{pb, AppCode, Cmd, Frame, Header, MsgType};
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(10);
+/// Parks after one to two seconds without input.
+const PARK_FAST: &str = "[gateway]\npark_idle_s = 1\n";
+
+async fn logged_in(tg: &Tidegate, uid: &str) -> Client {
+    let mut c = Client::connect(tg.client).await.unwrap();
+    c.login(AppCode(1), &token(1, uid), "dev", "ios")
+        .await
+        .expect("login");
+    c
+}
+
+async fn gauge(tg: &Tidegate, name: &str, label: &str) -> f64 {
+    metric(&tg.gateway_metrics().await, name, label)
+}
+
+async fn parked(tg: &Tidegate) -> f64 {
+    gauge(tg, "tidegate_gateway_parked_connections", "").await
+}
+
+/// Waits until `n` connections are parked.
+async fn until_parked(tg: &Tidegate, n: f64) {
+    let deadline = Instant::now() + WAIT;
+    while parked(tg).await != n {
+        assert!(
+            Instant::now() < deadline,
+            "{n} parked: {}",
+            parked(tg).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn push(tg: &Tidegate, to: &str, content: &str) {
+    let r = reqwest::Client::new()
+        .post(tg.url("/v1/push"))
+        .bearer_auth(DEV_API_KEY)
+        .json(&json!({"app": 1, "to": to, "content": content}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "push: {}", r.status());
+}
+
+#[tokio::test]
+async fn a_parked_session_still_answers_keepalives_c2s_and_pushes_without_a_task() {
+    let tg = Tidegate::up(&Backend::Embedded, PARK_FAST);
+    let mut c = logged_in(&tg, "sleeper").await;
+    until_parked(&tg, 1.0).await;
+    assert!(gauge(&tg, "tidegate_gateway_parks_total", "").await >= 1.0);
+
+    c.keepalive()
+        .await
+        .expect("keepalive answered while parked");
+    let seq = c
+        .send_c2s(MsgType(7), "text/plain", "gps 1,2", true)
+        .await
+        .expect("c2s acked while parked");
+    assert!(seq > 0);
+    push(&tg, "sleeper", "order-1").await;
+    let got = timeout(WAIT, c.recv_push()).await.unwrap().unwrap();
+    assert_eq!(&got.content[..], b"order-1");
+
+    let m = tg.gateway_metrics().await;
+    assert_eq!(
+        metric(&m, "tidegate_gateway_parked_connections", ""),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "tidegate_gateway_unparks_total", ""), 0.0, "{m}");
+    assert!(
+        metric(&m, "tidegate_gateway_parked_io_total", "read") >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "tidegate_gateway_parked_io_total", "write") >= 3.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_split_across_writes_wakes_a_parked_session_and_is_handled_once() {
+    let tg = Tidegate::up(&Backend::Embedded, PARK_FAST);
+    let mut c = logged_in(&tg, "split").await;
+    until_parked(&tg, 1.0).await;
+    let frame = Frame::empty(Header::new(Cmd::Keepalive, AppCode(1), 900)).to_bytes();
+    c.send_raw(&frame[..5]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send_raw(&frame[5..]).await.unwrap();
+    let reply = timeout(WAIT, c.recv()).await.unwrap().unwrap();
+    assert_eq!((reply.header.cmd, reply.header.seq), (Cmd::Keepalive, 900));
+    assert!(gauge(&tg, "tidegate_gateway_unparks_total", "input").await >= 1.0);
+    // It parks again once quiet.
+    until_parked(&tg, 1.0).await;
+}
+
+#[tokio::test]
+async fn pushes_beyond_the_socket_buffer_reach_a_parked_reader_whole_and_in_order() {
+    let tg = Tidegate::up(&Backend::Embedded, PARK_FAST);
+    let mut c = logged_in(&tg, "bulk").await;
+    until_parked(&tg, 1.0).await;
+    // Several MB while the client reads nothing: the parking task's send
+    // takes part of a batch, the connection's task the rest.
+    let body = |i: usize| format!("{i:05}-{}", "y".repeat(50_000));
+    let n = 120;
+    for i in 0..n {
+        push(&tg, "bulk", &body(i)).await;
+    }
+    for i in 0..n {
+        let got = timeout(WAIT, c.recv_push()).await.unwrap().unwrap();
+        assert_eq!(got.content.len(), body(i).len(), "push {i} whole");
+        assert_eq!(
+            &got.content[..5],
+            format!("{i:05}").as_bytes(),
+            "push {i} in order"
+        );
+    }
+    assert!(gauge(&tg, "tidegate_gateway_unparks_total", "output").await >= 1.0);
+}
+
+#[tokio::test]
+async fn a_parked_session_is_kicked_by_its_idle_timeout_and_cleaned_up_on_close() {
+    let tg = Tidegate::up(
+        &Backend::Embedded,
+        "[gateway]\npark_idle_s = 1\nkeepalive_s = 1\nidle_timeout_s = 4\n",
+    );
+    let mut quiet = logged_in(&tg, "quiet").await;
+    let leaver = logged_in(&tg, "leaver").await;
+    until_parked(&tg, 2.0).await;
+    drop(leaver);
+    let deadline = Instant::now() + WAIT;
+    while gauge(&tg, "tidegate_gateway_sessions", "").await != 1.0 {
+        assert!(Instant::now() < deadline, "the leaver's session stays");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kick = timeout(WAIT, quiet.recv()).await.unwrap().unwrap();
+    assert_eq!(kick.header.cmd, Cmd::Kickout);
+    assert_eq!(
+        kick.decode_body::<pb::Kickout>().unwrap().reason,
+        pb::KickoutReason::IdleTimeout as i32
+    );
+    assert!(matches!(
+        timeout(WAIT, quiet.recv()).await.unwrap(),
+        Err(ClientError::Closed | ClientError::Io(_))
+    ));
+    let m = tg.gateway_metrics().await;
+    assert_eq!(metric(&m, "tidegate_gateway_connections", ""), 0.0, "{m}");
+    assert_eq!(
+        metric(&m, "tidegate_gateway_parked_connections", ""),
+        0.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "tidegate_gateway_unparks_total", "close") >= 1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn parking_off_keeps_every_session_in_its_task() {
+    let tg = Tidegate::up(&Backend::Embedded, "[gateway]\npark_idle_s = 0\n");
+    let mut c = logged_in(&tg, "awake").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.keepalive().await.unwrap();
+    assert_eq!(parked(&tg).await, 0.0);
+    assert_eq!(gauge(&tg, "tidegate_gateway_parks_total", "").await, 0.0);
+}
