@@ -108,6 +108,11 @@ pub struct IdleReport {
     pub gateway_rss_idle: Option<u64>,
     /// (idle − before) / logged_in.
     pub gateway_bytes_per_conn: Option<f64>,
+    /// Gateway RSS at the end of the hold, after `hold_s` more seconds idle
+    /// (by then idle connections have parked: `gateway.park_idle_s`).
+    pub gateway_rss_end: Option<u64>,
+    /// (end − before) / logged_in.
+    pub gateway_bytes_per_conn_end: Option<f64>,
     /// Kernel TCP buffer memory delta / logged_in (both ends of loopback).
     pub kernel_tcp_mem_bytes_per_conn: f64,
     /// Kernel slab delta of socket caches / logged_in (both ends), if readable.
@@ -194,6 +199,7 @@ async fn hold(
         tokio::time::sleep(Duration::from_secs(1).min(hold_end - now)).await;
     }
     bar.finish_and_clear();
+    let end = samples.last().and_then(|s| s.gateway_rss);
     let held_at_end = held.release().await?.open;
 
     let n = storm.logged_in.max(1) as f64;
@@ -215,6 +221,8 @@ async fn hold(
         gateway_rss_before: before,
         gateway_rss_idle: idle,
         gateway_bytes_per_conn: per_conn(before, idle),
+        gateway_rss_end: end,
+        gateway_bytes_per_conn_end: per_conn(before, end),
         kernel_tcp_mem_bytes_per_conn: delta(sock_before, sock_idle) / n,
         kernel_slab_bytes_per_conn: per_conn(slab_before, slab_idle),
         kernel_meminfo_slab_bytes_per_conn: per_conn(meminfo_before, meminfo_idle),

@@ -273,9 +273,10 @@ fn memory_vs_n(page: &mut Page, inputs: &[Input], kinds: &[Kind]) {
         let v = &input.value;
         match kind {
             Kind::Idle => {
-                if let (Some(n), Some(b)) =
-                    (num(v, &["logged_in"]), num(v, &["gateway_bytes_per_conn"]))
-                {
+                // After the hold (connections parked) where the file has it.
+                let bytes = num(v, &["gateway_bytes_per_conn_end"])
+                    .or_else(|| num(v, &["gateway_bytes_per_conn"]));
+                if let (Some(n), Some(b)) = (num(v, &["logged_in"]), bytes) {
                     series
                         .entry("Tidegate gateway (bench idle)".into())
                         .or_default()

@@ -88,10 +88,11 @@ pub fn headline(kind: Kind, v: &Value) -> String {
     let p99 = |k: &str| Unit::Micros.label(num(v, &[k, "p99_us"]).unwrap_or(f64::NAN));
     match kind {
         Kind::Idle => format!(
-            "{} of {} held; gateway {} B/conn; login p99 {}",
+            "{} of {} held; gateway {} B/conn, {} after the hold; login p99 {}",
             show(v, &["logged_in"]),
             show(v, &["requested"]),
             show(v, &["gateway_bytes_per_conn"]),
+            show(v, &["gateway_bytes_per_conn_end"]),
             p99("login_latency")
         ),
         Kind::Connect => format!(
