@@ -158,6 +158,14 @@ mod tests {
         Flow::new(&crate::config::FlowConfig::default(), 0)
     }
 
+    /// A parked connection is this struct (plus its slab slot and wheel
+    /// entry): keep it small.
+    #[test]
+    fn conn_fits_its_budget() {
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= 224, "Conn is {size} bytes");
+    }
+
     #[test]
     fn stale_ids_never_reach_a_reused_slot() {
         let mut t = SessionTable::default();

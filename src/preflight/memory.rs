@@ -7,13 +7,16 @@ use super::{Check, Peers, Readings, Status, Target};
 
 /// Kernel slab per loopback connection, both ends (`kernel_slab_bytes_per_conn`
 /// in bench/results/idle-19000.json: `tidegate bench idle --connections 19000`).
-pub const KERNEL_BYTES_BOTH_ENDS: u64 = 7_440;
+pub const KERNEL_BYTES_BOTH_ENDS: u64 = 7_484;
 /// One socket: a loopback connection is two of the same kind.
 pub const KERNEL_BYTES_ONE_END: u64 = KERNEL_BYTES_BOTH_ENDS / 2;
-/// Gateway user space per idle connection (`gateway_bytes_per_conn`, same run).
-pub const GATEWAY_BYTES_PER_CONN: u64 = 1_443;
+/// Gateway user space per connection before it parks (`gateway_bytes_per_conn`,
+/// same run: 2 s after the last login). Parked, a connection costs about
+/// 600 (`gateway_bytes_per_conn_end`), but a storm of logins is sized by
+/// the peak.
+pub const GATEWAY_BYTES_PER_CONN: u64 = 1_501;
 /// A gateway process before any client (`gateway_rss_before`, same run, 2 shards).
-pub const WORKER_BASE_BYTES: u64 = 8_949_760;
+pub const WORKER_BASE_BYTES: u64 = 13_365_248;
 /// glommio 0.9 refuses to start an executor under this soft memlock
 /// (`MIN_MEMLOCK_LIMIT` in its `Reactor::new`).
 const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
@@ -151,11 +154,11 @@ mod tests {
         let mut h = roomy();
         h.mem_available = Some(4 << 30);
         let t = target(1_000_000, 1);
-        // 1M × (3,720 + 1,443) B + one worker ≈ 4.8 GiB > 4 GiB.
-        assert_eq!(memory_needed(&t), 5_163_000_000 + WORKER_BASE_BYTES);
+        // 1M × (3,742 + 1,501) B + one worker ≈ 4.9 GiB > 4 GiB.
+        assert_eq!(memory_needed(&t), 5_243_000_000 + WORKER_BASE_BYTES);
         let c = find(checks(&t, &h), "memory");
         assert_eq!(c.status, Status::Blocking);
-        assert!(c.fix.unwrap().starts_with("at most 622605 connections"));
+        assert!(c.fix.unwrap().starts_with("at most 612474 connections"));
 
         h.mem_available = Some(6 << 30);
         assert_eq!(find(checks(&t, &h), "memory").status, Status::Advisory);
@@ -170,7 +173,7 @@ mod tests {
             ..target(19_000, 1)
         };
         assert_eq!(kernel_bytes_per_conn(&t), KERNEL_BYTES_BOTH_ENDS);
-        assert_eq!(kernel_bytes_per_conn(&target(19_000, 1)), 3_720);
+        assert_eq!(kernel_bytes_per_conn(&target(19_000, 1)), 3_742);
     }
 
     #[test]
