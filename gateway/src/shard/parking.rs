@@ -31,6 +31,9 @@ use std::rc::Rc;
 use std::task::Poll;
 use tidegate_proto::ConnId;
 
+/// Parked connections written or closed per turn of the parking task.
+const DUE_PER_TURN: usize = 1024;
+
 /// A shard's parked connections.
 pub struct Parking {
     set: ParkSet,
@@ -113,7 +116,11 @@ impl Shard {
     pub fn wake(&self, conn: &Conn) {
         conn.wake.notify();
         if let Some(p) = &self.parking {
-            if conn.is_parked() {
+            // A parked connection's queue is empty between turns of the
+            // parking task, so only its first frame lists it (a burst of
+            // broadcasts lists each connection once), and a close.
+            let first = conn.out.borrow().len() <= 1 || conn.closing.get().is_some();
+            if first && conn.is_parked() {
                 p.due.borrow_mut().push(conn.session.borrow().conn_id());
                 p.work.notify();
             }
@@ -238,12 +245,17 @@ impl Shard {
         }
     }
 
-    /// Writes or closes the parked connections that `wake` queued.
-    fn run_due(self: &Rc<Self>, scratch: &mut Vec<ConnId>) {
+    /// Writes or closes up to [`DUE_PER_TURN`] of the parked connections
+    /// that `wake` listed; true if more are listed.
+    fn run_due(self: &Rc<Self>, scratch: &mut Vec<ConnId>) -> bool {
         let Some(p) = &self.parking else {
-            return;
+            return false;
         };
-        std::mem::swap(scratch, &mut *p.due.borrow_mut());
+        {
+            let mut due = p.due.borrow_mut();
+            let take = due.len().min(DUE_PER_TURN);
+            scratch.extend(due.drain(..take));
+        }
         for id in scratch.drain(..) {
             let Some(conn) = self.table.borrow().get(id).cloned() else {
                 continue;
@@ -262,6 +274,7 @@ impl Shard {
                 Err(unsent) => self.unpark(conn, fd, BytesMut::new(), unsent, Unpark::Output),
             }
         }
+        !p.due.borrow().is_empty()
     }
 
     /// Writes a parked connection's queue in one send. `Err` holds what the
@@ -390,7 +403,11 @@ pub async fn run(shard: Rc<Shard>) {
                 }
                 buf.copy_within(whole..end, 0);
                 carry = end - whole;
-                shard.run_due(&mut scratch);
+                while shard.run_due(&mut scratch) {
+                    // A broadcast lists every parked connection: let the
+                    // shard's other tasks (links, accepts) run in between.
+                    futures_lite::future::yield_now().await;
+                }
             }
             Err(e) => {
                 // Nothing would wake a parked connection any more: give
