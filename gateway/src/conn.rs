@@ -34,21 +34,21 @@ pub fn serve(
     resume(shard, id, conn, stream, None)
 }
 
-/// Serves a connection: a new one (`resume` empty) or a parked one again,
-/// starting with what the parking task left half done (boxed: rare, and
-/// the task of every connection would otherwise hold room for it).
+/// Serves a connection: a new one (`half_done` empty) or a parked one
+/// again, starting with what the parking task left half done (boxed: rare,
+/// and the task of every connection would otherwise hold room for it).
 #[allow(clippy::manual_async_fn)] // an async fn would copy the stream (see `serve`)
 pub fn resume(
     shard: Rc<Shard>,
     id: ConnId,
     conn: Rc<Conn>,
     mut stream: TcpStream,
-    resume: Option<Box<Resume>>,
+    half_done: Option<Box<Resume>>,
 ) -> impl std::future::Future<Output = ()> {
     async move {
         // Parked: the connection lives on in the table and the park set;
         // this task's stream closes only its own copy of the socket.
-        if let End::Closed(reason) = drive(&shard, &conn, &mut stream, resume).await {
+        if let End::Closed(reason) = drive(&shard, &conn, &mut stream, half_done).await {
             finish(&shard, id, &conn, reason);
         }
     }
@@ -82,9 +82,9 @@ async fn drive(
     shard: &Shard,
     conn: &Conn,
     stream: &mut TcpStream,
-    resume: Option<Box<Resume>>,
+    half_done: Option<Box<Resume>>,
 ) -> End {
-    let (mut pending, unsent) = resume.map_or_else(Default::default, |r| (r.pending, r.unsent));
+    let (mut pending, unsent) = half_done.map_or_else(Default::default, |r| (r.pending, r.unsent));
     // A batch the parking task wrote in part is finished first.
     if !unsent.is_empty() && boxed(flush(shard, conn, stream, unsent)).await.is_err() {
         return End::Closed(CloseReason::Io);
