@@ -13,8 +13,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tidegate_logic::testkit::RedisServer;
-use tidegate_proto::client::Client;
-use tidegate_proto::AppCode;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -32,20 +30,12 @@ api_key = "tidegate-dev-api-key-app-1"
 offline_max_len = 3
 "#;
 
-async fn login(tg: &Tidegate, uid: &str) -> Client {
-    let mut c = Client::connect(tg.client).await.expect("connect");
-    c.login(AppCode(1), &token(1, uid), "dev", "android")
-        .await
-        .expect("login");
-    c
-}
-
 async fn push(tg: &Tidegate, body: Value) -> (u16, Value) {
     post_json(&tg.url("/v1/push"), &body).await
 }
 
 async fn stored_then_pulled_acked_and_gone(tg: &Tidegate) {
-    let mut alice = login(tg, "alice").await;
+    let mut alice = tg.logged_in("alice").await;
     let (status, body) = push(
         tg,
         json!({"app": 1, "msgtype": 4, "to": ["alice", "bob"], "content": "order 1",
@@ -66,7 +56,7 @@ async fn stored_then_pulled_acked_and_gone(tg: &Tidegate) {
     .await;
     assert_eq!(statuses(&second), ["stored"]);
 
-    let mut bob = login(tg, "bob").await;
+    let mut bob = tg.logged_in("bob").await;
     let page = bob.pull_offline("", 1).await.unwrap();
     assert_eq!(page.messages.len(), 1);
     assert!(page.more);
@@ -124,10 +114,10 @@ async fn ttl_expires_and_the_bound_evicts(tg: &Tidegate) {
         assert_eq!(statuses(&body), ["stored"]);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut carol = login(tg, "carol").await;
+    let mut carol = tg.logged_in("carol").await;
     let page = carol.pull_offline("", 0).await.unwrap();
     assert!(page.messages.is_empty(), "expired: {page:?}");
-    let mut dave = login(tg, "dave").await;
+    let mut dave = tg.logged_in("dave").await;
     let page = dave.pull_offline("", 0).await.unwrap();
     let got: Vec<_> = page
         .messages
@@ -201,7 +191,7 @@ async fn cli_client_drains_the_inbox(tg: &Tidegate) {
         "{lines:?}"
     );
     // The CLI acknowledged it: a fresh session finds the inbox empty.
-    let mut again = login(tg, "erin").await;
+    let mut again = tg.logged_in("erin").await;
     assert!(again.pull_offline("", 0).await.unwrap().messages.is_empty());
 }
 

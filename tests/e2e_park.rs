@@ -4,24 +4,16 @@
 
 mod common;
 
-use common::{metric, token, Backend, Tidegate, DEV_API_KEY};
+use common::{metric, Backend, Tidegate, DEV_API_KEY};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use tidegate_proto::client::{Client, ClientError};
+use tidegate_proto::client::ClientError;
 use tidegate_proto::{pb, AppCode, Cmd, Frame, Header, MsgType};
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
 /// Parks after one to two seconds without input.
 const PARK_FAST: &str = "[gateway]\npark_idle_s = 1\n";
-
-async fn logged_in(tg: &Tidegate, uid: &str) -> Client {
-    let mut c = Client::connect(tg.client).await.unwrap();
-    c.login(AppCode(1), &token(1, uid), "dev", "ios")
-        .await
-        .expect("login");
-    c
-}
 
 async fn gauge(tg: &Tidegate, name: &str, label: &str) -> f64 {
     metric(&tg.gateway_metrics().await, name, label)
@@ -58,7 +50,7 @@ async fn push(tg: &Tidegate, to: &str, content: &str) {
 #[tokio::test]
 async fn a_parked_session_still_answers_keepalives_c2s_and_pushes_without_a_task() {
     let tg = Tidegate::up(&Backend::Embedded, PARK_FAST);
-    let mut c = logged_in(&tg, "sleeper").await;
+    let mut c = tg.logged_in("sleeper").await;
     until_parked(&tg, 1.0).await;
     assert!(gauge(&tg, "tidegate_gateway_parks_total", "").await >= 1.0);
 
@@ -94,7 +86,7 @@ async fn a_parked_session_still_answers_keepalives_c2s_and_pushes_without_a_task
 #[tokio::test]
 async fn a_frame_split_across_writes_wakes_a_parked_session_and_is_handled_once() {
     let tg = Tidegate::up(&Backend::Embedded, PARK_FAST);
-    let mut c = logged_in(&tg, "split").await;
+    let mut c = tg.logged_in("split").await;
     until_parked(&tg, 1.0).await;
     let frame = Frame::empty(Header::new(Cmd::Keepalive, AppCode(1), 900)).to_bytes();
     c.send_raw(&frame[..5]).await.unwrap();
@@ -110,7 +102,7 @@ async fn a_frame_split_across_writes_wakes_a_parked_session_and_is_handled_once(
 #[tokio::test]
 async fn pushes_beyond_the_socket_buffer_reach_a_parked_reader_whole_and_in_order() {
     let tg = Tidegate::up(&Backend::Embedded, PARK_FAST);
-    let mut c = logged_in(&tg, "bulk").await;
+    let mut c = tg.logged_in("bulk").await;
     until_parked(&tg, 1.0).await;
     // Several MB while the client reads nothing: the parking task's send
     // takes part of a batch, the connection's task the rest.
@@ -137,8 +129,8 @@ async fn a_parked_session_is_kicked_by_its_idle_timeout_and_cleaned_up_on_close(
         &Backend::Embedded,
         "[gateway]\npark_idle_s = 1\nkeepalive_s = 1\nidle_timeout_s = 4\n",
     );
-    let mut quiet = logged_in(&tg, "quiet").await;
-    let leaver = logged_in(&tg, "leaver").await;
+    let mut quiet = tg.logged_in("quiet").await;
+    let leaver = tg.logged_in("leaver").await;
     until_parked(&tg, 2.0).await;
     drop(leaver);
     let deadline = Instant::now() + WAIT;
@@ -172,7 +164,7 @@ async fn a_parked_session_is_kicked_by_its_idle_timeout_and_cleaned_up_on_close(
 #[tokio::test]
 async fn parking_off_keeps_every_session_in_its_task() {
     let tg = Tidegate::up(&Backend::Embedded, "[gateway]\npark_idle_s = 0\n");
-    let mut c = logged_in(&tg, "awake").await;
+    let mut c = tg.logged_in("awake").await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     c.keepalive().await.unwrap();
     assert_eq!(parked(&tg).await, 0.0);
@@ -185,8 +177,8 @@ async fn sigterm_drains_parked_sessions() {
         &Backend::Embedded,
         "[gateway]\npark_idle_s = 1\ndrain_timeout_s = 5\n",
     );
-    let mut a = logged_in(&tg, "a").await;
-    let mut b = logged_in(&tg, "b").await;
+    let mut a = tg.logged_in("a").await;
+    let mut b = tg.logged_in("b").await;
     until_parked(&tg, 2.0).await;
     common::signal(tg.pid(), "TERM");
     for c in [&mut a, &mut b] {
@@ -203,7 +195,7 @@ async fn sigterm_drains_parked_sessions() {
 #[tokio::test]
 async fn garbage_to_a_parked_session_gets_an_error_and_a_close() {
     let tg = Tidegate::up(&Backend::Embedded, PARK_FAST);
-    let mut c = logged_in(&tg, "vandal").await;
+    let mut c = tg.logged_in("vandal").await;
     until_parked(&tg, 1.0).await;
     c.send_raw(b"\x00\x01 not a frame at all, just bytes")
         .await
@@ -237,13 +229,13 @@ fn fds(pid: u32) -> usize {
 async fn parking_and_closing_leaks_no_descriptor() {
     let tg = Tidegate::up(&Backend::Embedded, PARK_FAST);
     // Warm up: the first sessions open the store's and links' files.
-    drop(logged_in(&tg, "warm").await);
+    drop(tg.logged_in("warm").await);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = fds(tg.pid());
     for round in 0..3 {
         let mut clients = Vec::new();
         for i in 0..20 {
-            clients.push(logged_in(&tg, &format!("u{round}-{i}")).await);
+            clients.push(tg.logged_in(&format!("u{round}-{i}")).await);
         }
         until_parked(&tg, 20.0).await;
         // Half are woken by input first, half leave while parked.

@@ -10,26 +10,17 @@
 
 mod common;
 
-use common::{get_json, metric, post_json, statuses, token, Backend, Tidegate};
+use common::{get_json, metric, post_json, statuses, Backend, Tidegate};
 use serde_json::json;
 use std::time::Duration;
 use tidegate_logic::store::redis::RedisStore;
 use tidegate_logic::store::{DevicePolicy, NewSession, SessionKey, Store};
 use tidegate_logic::testkit::RedisServer;
-use tidegate_proto::client::Client;
 use tidegate_proto::AppCode;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
 const APP: AppCode = AppCode(1);
-
-async fn login(tg: &Tidegate, uid: &str) -> Client {
-    let mut c = Client::connect(tg.client).await.expect("connect");
-    c.login(APP, &token(1, uid), "dev", "android")
-        .await
-        .expect("login");
-    c
-}
 
 async fn online_sessions(tg: &Tidegate, uid: &str) -> usize {
     let body = get_json(&tg.url(&format!("/v1/presence?app=1&uid={uid}"))).await;
@@ -69,11 +60,11 @@ async fn a_push_to_a_session_the_gate_lost_goes_to_the_inbox_and_presence_is_cor
     let redis = RedisServer::start();
     let tg = Tidegate::up(&Backend::Redis(redis.url()), "");
     let store = RedisStore::connect(&redis.url()).await.expect("redis");
-    let mut alice = login(&tg, "alice").await;
+    let mut alice = tg.logged_in("alice").await;
 
     // bob: only a ghost. carol: a live session plus a ghost on the same shard.
     ghost(&store, "bob", "alice").await;
-    let mut carol = login(&tg, "carol").await;
+    let mut carol = tg.logged_in("carol").await;
     ghost(&store, "carol", "carol").await;
     assert_eq!(
         online_sessions(&tg, "bob").await,
@@ -114,7 +105,7 @@ async fn a_push_to_a_session_the_gate_lost_goes_to_the_inbox_and_presence_is_cor
         "result=\"removed\"",
     );
     assert_eq!(removed, 2.0, "{text}");
-    let mut bob = login(&tg, "bob").await;
+    let mut bob = tg.logged_in("bob").await;
     let page = bob.pull_offline("", 0).await.unwrap();
     assert_eq!(page.messages.len(), 1);
     let stored = page.messages[0].push.as_ref().expect("push");
@@ -135,7 +126,7 @@ async fn a_push_to_a_session_the_gate_lost_goes_to_the_inbox_and_presence_is_cor
     })
     .await;
     until_missed(&tg, "dropped").await;
-    let mut dave = login(&tg, "dave").await;
+    let mut dave = tg.logged_in("dave").await;
     assert!(dave.pull_offline("", 0).await.unwrap().messages.is_empty());
 }
 

@@ -16,12 +16,6 @@ async fn login(c: &mut Client, uid: &str) -> Result<pb::LoginOk, ClientError> {
     c.login(AppCode(1), &token(1, uid), "dev", "ios").await
 }
 
-async fn logged_in(tg: &Tidegate, uid: &str) -> Client {
-    let mut c = Client::connect(tg.client).await.unwrap();
-    login(&mut c, uid).await.expect("login");
-    c
-}
-
 /// The next frame, which must be ERROR; its code.
 async fn error_code(c: &mut Client) -> u32 {
     let f = timeout(WAIT, c.recv())
@@ -64,7 +58,7 @@ async fn a_flooding_connection_is_throttled_then_closed() {
         &Backend::Embedded,
         "[gateway.flow]\nframes_per_s = 5\nframes_burst = 10\naction = \"error\"\nclose_after_violations = 5\n",
     );
-    let mut c = logged_in(&tg, "flooder").await;
+    let mut c = tg.logged_in("flooder").await;
     let ka = Frame::empty(tidegate_proto::Header::new(Cmd::Keepalive, AppCode(1), 9)).to_bytes();
     let flood: Vec<u8> = (0..100).flat_map(|_| ka.iter().copied()).collect();
     c.send_raw(&flood).await.unwrap();
@@ -103,7 +97,7 @@ async fn delay_action_slows_a_sender_without_errors() {
         &Backend::Embedded,
         "[gateway.flow]\nframes_per_s = 20\nframes_burst = 5\naction = \"delay\"\n",
     );
-    let mut c = logged_in(&tg, "eager").await;
+    let mut c = tg.logged_in("eager").await;
     let started = Instant::now();
     for _ in 0..24 {
         c.keepalive().await.expect("delayed, not refused");
@@ -124,7 +118,7 @@ async fn the_per_ip_cap_refuses_extra_connections_and_allowed_ips_bypass_it() {
     );
     let mut held = Vec::new();
     for i in 0..3 {
-        held.push(logged_in(&tg, &format!("u{i}")).await);
+        held.push(tg.logged_in(&format!("u{i}")).await);
     }
     let mut fourth = Client::connect(tg.client).await.unwrap();
     assert_eq!(error_code(&mut fourth).await, ErrorCode::Banned.code());
@@ -142,7 +136,7 @@ async fn the_per_ip_cap_refuses_extra_connections_and_allowed_ips_bypass_it() {
         json!({"value": "127.0.0.1"}),
     )
     .await;
-    let _fifth = logged_in(&tg, "u5").await;
+    let _fifth = tg.logged_in("u5").await;
     held.pop();
 }
 
@@ -195,7 +189,7 @@ async fn blacklists_apply_at_accept_and_login_and_lift_live() {
         .expect("the bystander's session survived the reload");
 
     // uid list through the admin API: a live session is kicked, a new login refused.
-    let mut mallory = logged_in(&tg, "mallory").await;
+    let mut mallory = tg.logged_in("mallory").await;
     admin(
         &tg,
         reqwest::Method::PUT,
@@ -268,7 +262,7 @@ async fn repeated_malformed_frames_earn_a_temporary_ban_that_expires() {
     assert!(metric(&m, "tidegate_gateway_bans_total", "") >= 1.0, "{m}");
 
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let _back = logged_in(&tg, "reformed").await;
+    let _back = tg.logged_in("reformed").await;
 }
 
 #[tokio::test]
@@ -277,7 +271,7 @@ async fn a_slow_reader_is_disconnected_and_its_queue_stays_bounded() {
         &Backend::Embedded,
         "[gateway]\nmax_outbound_frames = 16\n[gateway.flow]\nslow_consumer = \"disconnect\"\n",
     );
-    let mut sloth = logged_in(&tg, "sloth").await;
+    let mut sloth = tg.logged_in("sloth").await;
     let http = reqwest::Client::new();
     let content = "x".repeat(60_000);
     // Far more than the socket buffers hold: the queue must fill.
@@ -304,8 +298,8 @@ async fn a_slow_reader_is_disconnected_and_its_queue_stays_bounded() {
 #[tokio::test]
 async fn sigterm_drains_connected_clients() {
     let mut tg = Tidegate::up(&Backend::Embedded, "[gateway]\ndrain_timeout_s = 5\n");
-    let mut a = logged_in(&tg, "a").await;
-    let mut b = logged_in(&tg, "b").await;
+    let mut a = tg.logged_in("a").await;
+    let mut b = tg.logged_in("b").await;
     signal(tg.pid(), "TERM");
     for c in [&mut a, &mut b] {
         let f = timeout(WAIT, c.recv()).await.unwrap().unwrap();
@@ -329,7 +323,7 @@ async fn requests_beyond_the_in_flight_bound_get_busy() {
         &Backend::Embedded,
         "[gateway.flow]\nmax_inflight_logic = 1\n",
     );
-    let mut c = logged_in(&tg, "burst").await;
+    let mut c = tg.logged_in("burst").await;
     // 30 acked C2S in one write: the shard decodes them all before logic can
     // answer the first, so all but the first exceed the bound of 1.
     let mut batch = Vec::new();
@@ -380,7 +374,7 @@ async fn accepts_are_shaped_to_the_configured_rate() {
     let started = Instant::now();
     let mut clients = Vec::new();
     for i in 0..12 {
-        clients.push(logged_in(&tg, &format!("s{i}")).await);
+        clients.push(tg.logged_in(&format!("s{i}")).await);
     }
     // 12 connections at 10/s with 2 in the bursts: at least ~1 s.
     assert!(
@@ -396,7 +390,7 @@ async fn drop_oldest_keeps_a_slow_reader_connected_with_a_bounded_queue() {
         &Backend::Embedded,
         "[gateway]\nmax_outbound_frames = 16\n[gateway.flow]\nslow_consumer = \"drop_oldest\"\n",
     );
-    let mut sloth = logged_in(&tg, "sloth").await;
+    let mut sloth = tg.logged_in("sloth").await;
     let http = reqwest::Client::new();
     let content = "x".repeat(60_000);
     let mut pushed = 0;

@@ -94,6 +94,17 @@ impl Tidegate {
         }
     }
 
+    /// Connects and logs `uid` of app 1 in with the development secret.
+    pub async fn logged_in(&self, uid: &str) -> tidegate_proto::client::Client {
+        let mut c = tidegate_proto::client::Client::connect(self.client)
+            .await
+            .expect("connect");
+        c.login(tidegate_proto::AppCode(1), &token(1, uid), "dev", "android")
+            .await
+            .expect("login");
+        c
+    }
+
     /// `http://<logic http>/<path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
