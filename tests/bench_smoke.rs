@@ -62,7 +62,7 @@ fn idle_and_push_scenarios_run_and_report() {
 }
 
 #[test]
-fn idle_and_broadcast_spread_over_worker_processes() {
+fn idle_broadcast_and_push_spread_over_worker_processes() {
     let tg = Tidegate::up(&Backend::Embedded, "");
     let (target, http) = (tg.client.to_string(), tg.http.to_string());
     let idle = bench(&[
@@ -104,6 +104,51 @@ fn idle_and_broadcast_spread_over_worker_processes() {
     assert_eq!(b["complete_messages"], 2, "{b}");
     assert_eq!(b["delivery_latency"]["count"], 80, "{b}");
     assert_eq!(b["time_to_last"]["count"], 2, "{b}");
+
+    // Push, both loads, with the receivers in worker processes: each is
+    // told how many pushes its share should get, and the counts and
+    // histograms come back merged.
+    let push = bench(&[
+        "push",
+        "--target",
+        &target,
+        "--http",
+        &http,
+        "--connections",
+        "50",
+        "--procs",
+        "2",
+        "--batch",
+        "20",
+        "--requests",
+        "7",
+        "--concurrency",
+        "2",
+    ]);
+    assert_eq!(push["bench_procs"], 2, "{push}");
+    assert_eq!(push["delivered"], 140, "{push}");
+    assert_eq!(push["latency"]["count"], 140, "{push}");
+    let rated = bench(&[
+        "push",
+        "--target",
+        &target,
+        "--http",
+        &http,
+        "--connections",
+        "30",
+        "--procs",
+        "3",
+        "--rate",
+        "100",
+        "--duration-s",
+        "2",
+        "--batch",
+        "2",
+    ]);
+    assert_eq!(rated["bench_procs"], 3, "{rated}");
+    assert_eq!(rated["requests_ok"], 200, "{rated}");
+    assert_eq!(rated["delivered"], 400, "{rated}");
+    assert_eq!(rated["latency"]["count"], 400, "{rated}");
 }
 
 #[test]

@@ -12,6 +12,8 @@
 #   SCENARIO=connect bench/scripts/c1m.sh ...   the connect+login storm alone
 #   SCENARIO=c2s bench/scripts/c1m.sh ...       every client reports a C2S every
 #       1/PER_CLIENT_RATE s (default 0.2: GPS every 5 s) for DURATION_S (default 60)
+#   SCENARIO=push bench/scripts/c1m.sh ...      closed-loop push batches of BATCH (default
+#       1000) targets, REQUESTS of them (default: every client named 5 times)
 #   SHARDS=2 bench/scripts/c1m.sh ...           shards per gateway worker (default 1)
 set -euo pipefail
 N=${1:-1000000}
@@ -98,7 +100,13 @@ c2s)
     "$BIN" bench c2s --target "127.0.0.1:$CLIENT_PORT" --connections "$N" \
         --per-client-rate "${PER_CLIENT_RATE:-0.2}" --duration-s "${DURATION_S:-60}" --json "$OUT" >/dev/null
     ;;
-*) echo "SCENARIO is idle, broadcast, connect or c2s" >&2; exit 2 ;;
+push)
+    BATCH=${BATCH:-1000}
+    "$BIN" bench push --target "127.0.0.1:$CLIENT_PORT" --http "127.0.0.1:$HTTP_PORT" \
+        --connections "$N" --batch "$BATCH" --requests "${REQUESTS:-$(( N * 5 / BATCH ))}" \
+        --concurrency "${CONCURRENCY:-4}" --json "$OUT" >/dev/null
+    ;;
+*) echo "SCENARIO is idle, broadcast, connect, c2s or push" >&2; exit 2 ;;
 esac
 python3 - "$OUT" <<'PY'
 import json, sys

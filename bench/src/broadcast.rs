@@ -211,12 +211,13 @@ async fn fan_out(
         done?;
     }
     let expected = n * args.messages as u64;
+    let messages = args.messages as u64;
     receivers
         .wait_complete(
-            expected,
+            |_, logged_in| logged_in as u64 * messages,
             tokio::time::Instant::now() + Duration::from_secs(args.drain_s),
         )
-        .await;
+        .await?;
     let tally = receivers.release().await?.tally.unwrap_or_default();
 
     let answers = std::mem::take(&mut *answers.lock().unwrap_or_else(|p| p.into_inner()));

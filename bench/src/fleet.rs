@@ -83,14 +83,21 @@ impl Storm {
 
     /// Fails unless every client logged in (scenarios that need all of them).
     pub fn require_all(&self, wanted: usize) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.members.len() == wanted,
-            "only {} of {wanted} clients logged in; failures: {:?}",
-            self.members.len(),
-            self.failures
-        );
-        Ok(())
+        require_all(self.members.len(), wanted, &self.failures)
     }
+}
+
+/// Fails unless `logged_in` is all `wanted` clients, naming the failures.
+pub fn require_all(
+    logged_in: usize,
+    wanted: usize,
+    failures: &BTreeMap<String, u64>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        logged_in == wanted,
+        "only {logged_in} of {wanted} clients logged in; failures: {failures:?}"
+    );
+    Ok(())
 }
 
 /// The uid of fleet client `i`.

@@ -4,18 +4,22 @@
 //! content. Two loads: closed-loop batches (`--requests`, `--concurrency`:
 //! delivered targets per second at saturation) and, with `--rate`, an open
 //! loop of requests on a fixed schedule (`rate.rs`: latency at a given load).
+//! Past one process's descriptor limit the clients are spread over
+//! `--procs` bench processes; every push carries a [`Stamp`] on the
+//! monotonic clock all of them share, and each process counts what its
+//! clients received ([`Fleet`]), told by this one how many to expect.
 
 mod pool;
 mod rate;
 
 use crate::fleet::{self, StormPlan};
-
+use crate::procs::Share;
+use crate::receipts::{mono_ns, Stamp};
 use crate::report::{self, Server, SharedRecorder};
+use crate::spread::{self, Fleet, HoldPlan, StormSummary};
 use crate::Percentiles;
-use base64::Engine;
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidegate_proto::AppCode;
@@ -28,9 +32,13 @@ pub struct PushArgs {
     /// Where the gateway and logic listen, and the app's credentials.
     #[command(flatten)]
     pub server: Server,
-    /// Clients to log in.
+    /// Clients to log in (≤ 1,000,000).
     #[arg(long, default_value_t = 2000)]
     pub connections: usize,
+    /// Bench processes holding the clients (default: as few as the
+    /// open-files limit allows, ~19,000 connections each here).
+    #[arg(long)]
+    pub procs: Option<usize>,
     /// Targets per push request (default 1000; 1 with --rate).
     #[arg(long)]
     pub batch: Option<usize>,
@@ -71,6 +79,8 @@ pub enum PushReport {
 pub struct BatchReport {
     /// Clients logged in.
     pub connections: usize,
+    /// Bench processes holding them.
+    pub bench_procs: usize,
     /// Targets named in all requests.
     pub targets_sent: u64,
     /// Pushes received by clients.
@@ -85,17 +95,25 @@ pub struct BatchReport {
     pub http_latency: Percentiles,
 }
 
-/// Logins in flight while the fleet comes up.
+/// Logins in flight while the fleet comes up (over all processes).
 const LOGIN_CONCURRENCY: usize = 256;
 /// A login slower than this fails the run.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long receivers wait for the last push after the last request.
 const DRAIN: Duration = Duration::from_secs(60);
+/// Keepalive interval of the receiving clients.
+const KEEPALIVE: Duration = Duration::from_secs(20);
+/// Every push of a run is stamp message 0: receivers count pushes and
+/// their latency, not which request they came from.
+const RECEIPT_SLOTS: usize = 1;
 
 /// Runs the scenario.
 pub async fn run(args: PushArgs) -> anyhow::Result<PushReport> {
     args.server.ensure_loopback()?;
-    report::ensure_range("--connections", args.connections, 1, 100_000)?;
+    report::ensure_range("--connections", args.connections, 1, 1_000_000)?;
+    let procs = spread::procs_for(args.connections, args.procs);
+    report::ensure_range("--procs", procs, 1, 1_000)?;
+    spread::ensure_capacity(args.connections, procs)?;
     let plan = StormPlan {
         first: 0,
         target: args.server.target,
@@ -106,12 +124,14 @@ pub async fn run(args: PushArgs) -> anyhow::Result<PushReport> {
         rate: None,
         timeout: LOGIN_TIMEOUT,
     };
+    // This process holds the clients only when it is the one process.
+    let here = if procs == 1 { args.connections } else { 0 };
     match args.rate {
         Some(rate) => {
             let load = rate::RateLoad::from_args(&args, rate)?;
-            fleet::check_fd_budget(args.connections + load.max_in_flight)?;
+            fleet::check_fd_budget(here + load.max_in_flight + procs * 3)?;
             let limit = plan.worst_case() + load.worst_case();
-            let r = report::within(limit, rate::run(&args, &plan, load)).await?;
+            let r = report::within(limit, rate::run(&args, &plan, procs, load, limit)).await?;
             report::write_json(args.json.as_deref(), &r)?;
             Ok(PushReport::Rate(r))
         }
@@ -120,11 +140,16 @@ pub async fn run(args: PushArgs) -> anyhow::Result<PushReport> {
             report::ensure_range("--batch", batch, 1, 10_000)?;
             report::ensure_range("--requests", args.requests, 0, 100_000)?;
             report::ensure_range("--concurrency", args.concurrency, 1, 1024)?;
-            fleet::check_fd_budget(args.connections + args.concurrency)?;
+            fleet::check_fd_budget(here + args.concurrency + procs * 3)?;
             // Each request waits at most the HTTP timeout, then the drain.
             let waves = args.requests.div_ceil(args.concurrency) as u32;
             let limit = plan.worst_case() + HTTP_TIMEOUT * waves + DRAIN;
-            let r = report::within(limit, batches(&args, &plan, batch)).await?;
+            let load = Batches {
+                batch,
+                requests: args.requests,
+                concurrency: args.concurrency,
+            };
+            let r = report::within(limit, batches(&args, &plan, procs, load, limit)).await?;
             report::write_json(args.json.as_deref(), &r)?;
             Ok(PushReport::Batches(r))
         }
@@ -135,49 +160,87 @@ pub async fn run(args: PushArgs) -> anyhow::Result<PushReport> {
 /// `timeout` (open loop).
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn batches(args: &PushArgs, plan: &StormPlan, batch: usize) -> anyhow::Result<BatchReport> {
-    let storm = fleet::storm(plan).await?;
-    storm.require_all(args.connections)?;
-    let clients = storm.members.into_iter().map(|m| m.client);
+/// The validated closed-loop load.
+struct Batches {
+    batch: usize,
+    requests: usize,
+    concurrency: usize,
+}
 
-    // Request r names the next `batch` clients round-robin.
-    let mut expected = vec![0u64; args.connections];
-    for r in 0..args.requests {
+/// Logs the clients in over `procs` processes and holds them, counting pushes.
+async fn receivers(
+    plan: &StormPlan,
+    procs: usize,
+    limit: Duration,
+) -> anyhow::Result<(StormSummary, Fleet)> {
+    let hold = HoldPlan {
+        keepalive: KEEPALIVE,
+        max_hold: limit,
+    };
+    let (storm, fleet) = Fleet::start(plan, procs, hold, Some(RECEIPT_SLOTS)).await?;
+    storm.require_all(plan.connections)?;
+    Ok((storm, fleet))
+}
+
+/// Pushes each client is named in, given the requests that were answered
+/// 2xx: request `r` names clients `r × batch … r × batch + batch - 1`,
+/// round-robin over `connections`.
+fn expected_per_client(
+    answered: impl Iterator<Item = usize>,
+    batch: usize,
+    connections: usize,
+) -> Vec<u32> {
+    let mut expected = vec![0u32; connections];
+    for r in answered {
         for k in 0..batch {
-            expected[(r * batch + k) % args.connections] += 1;
+            expected[(r * batch + k) % connections] += 1;
         }
     }
-    let epoch = Instant::now();
-    let latency = Arc::new(SharedRecorder::new());
-    let delivered = Arc::new(AtomicU64::new(0));
-    let mut readers = JoinSet::new();
-    for (i, (mut c, want)) in clients.zip(expected).enumerate() {
-        let (latency, delivered) = (latency.clone(), delivered.clone());
-        readers.spawn(async move {
-            for _ in 0..want {
-                let Ok(Ok(push)) = tokio::time::timeout(DRAIN, c.recv_push()).await else {
-                    break;
-                };
-                if let Some(sent) = push.content.get(..8) {
-                    let sent_ns = u64::from_le_bytes(sent.try_into().unwrap_or([0; 8]));
-                    let now_ns = epoch.elapsed().as_nanos() as u64;
-                    latency.record(i, Duration::from_nanos(now_ns.saturating_sub(sent_ns)));
-                }
-                delivered.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
+    expected
+}
 
+/// How many pushes a share's clients should receive.
+fn expected_in(expected: &[u32], share: &Share) -> u64 {
+    expected[share.first..share.first + share.count]
+        .iter()
+        .map(|&n| u64::from(n))
+        .sum()
+}
+
+/// The JSON body of a push to `to`, carrying `stamp`.
+fn push_body(app: u16, to: &[String], stamp: Stamp) -> String {
+    // Formatted directly: building a serde_json::Value per request cost ~5%
+    // of bench's CPU. Uids and base64 need no escaping beyond what
+    // `to_string` of the list gives.
+    let to = serde_json::to_string(to).unwrap_or_default();
+    let content = stamp.content_b64();
+    format!(r#"{{"app":{app},"to":{to},"content_b64":"{content}"}}"#)
+}
+
+async fn batches(
+    args: &PushArgs,
+    plan: &StormPlan,
+    procs: usize,
+    load: Batches,
+    limit: Duration,
+) -> anyhow::Result<BatchReport> {
+    let (_, mut fleet) = receivers(plan, procs, limit).await?;
+    let Batches {
+        batch,
+        requests,
+        concurrency,
+    } = load;
+    let connections = args.connections;
     let http = reqwest::Client::builder().timeout(HTTP_TIMEOUT).build()?;
     let url = format!("http://{}/v1/push", args.server.http);
-    let gate = Arc::new(Semaphore::new(args.concurrency));
+    let gate = Arc::new(Semaphore::new(concurrency));
     let http_latency = Arc::new(SharedRecorder::new());
-    let started = Instant::now();
+    let started_ns = mono_ns();
     let mut senders = JoinSet::new();
-    for r in 0..args.requests {
+    for r in 0..requests {
         let permit = gate.clone().acquire_owned().await?;
         let to: Vec<String> = (0..batch)
-            .map(|k| fleet::uid((r * batch + k) % args.connections))
+            .map(|k| fleet::uid((r * batch + k) % connections))
             .collect();
         let (http, url, key, rec, app) = (
             http.clone(),
@@ -187,11 +250,19 @@ async fn batches(args: &PushArgs, plan: &StormPlan, batch: usize) -> anyhow::Res
             args.server.app,
         );
         senders.spawn(async move {
-            let sent_ns = epoch.elapsed().as_nanos() as u64;
-            let content = base64::engine::general_purpose::STANDARD.encode(sent_ns.to_le_bytes());
-            let body = serde_json::json!({"app": app, "to": to, "content_b64": content});
+            let stamp = Stamp {
+                message: 0,
+                due_ns: mono_ns(),
+            };
+            let body = push_body(app, &to, stamp);
             let t0 = Instant::now();
-            let resp = http.post(&url).bearer_auth(&key).json(&body).send().await;
+            let resp = http
+                .post(&url)
+                .bearer_auth(&key)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await;
             drop(permit);
             let ok = matches!(&resp, Ok(resp) if resp.status().is_success());
             rec.record(r, t0.elapsed());
@@ -201,16 +272,62 @@ async fn batches(args: &PushArgs, plan: &StormPlan, batch: usize) -> anyhow::Res
     while let Some(ok) = senders.join_next().await {
         anyhow::ensure!(ok?, "a push request failed (check --api-key and --app)");
     }
-    while readers.join_next().await.is_some() {}
-    let duration = started.elapsed();
-    let delivered = delivered.load(Ordering::Relaxed);
+    let expected = expected_per_client(0..requests, batch, connections);
+    fleet
+        .wait_complete(
+            |share, _| expected_in(&expected, share),
+            tokio::time::Instant::now() + DRAIN,
+        )
+        .await?;
+    let tally = fleet.release().await?.tally.unwrap_or_default();
+    let delivered = tally.counts.iter().sum::<u64>();
+    // First request to last receipt (to now, if nothing arrived).
+    let last_ns = tally.last_ns.iter().copied().max().unwrap_or(0);
+    let end_ns = if delivered > 0 { last_ns } else { mono_ns() };
+    let duration = Duration::from_nanos(end_ns.saturating_sub(started_ns));
     Ok(BatchReport {
-        connections: args.connections,
-        targets_sent: (args.requests * batch) as u64,
+        connections,
+        bench_procs: procs,
+        targets_sent: (requests * batch) as u64,
         delivered,
         duration_s: duration.as_secs_f64(),
-        targets_per_s: delivered as f64 / duration.as_secs_f64(),
-        latency: latency.merged().percentiles(),
+        targets_per_s: delivered as f64 / duration.as_secs_f64().max(1e-9),
+        latency: tally.latency()?.percentiles(),
         http_latency: http_latency.merged().percentiles(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectations_follow_the_round_robin_and_split_by_share() {
+        // 3 requests of 4 over 5 clients name 0-3, 4 0 1 2, 3 4 0 1.
+        let e = expected_per_client(0..3, 4, 5);
+        assert_eq!(e, vec![3, 3, 2, 2, 2]);
+        assert_eq!(expected_in(&e, &Share { first: 0, count: 5 }), 12);
+        assert_eq!(expected_in(&e, &Share { first: 3, count: 2 }), 4);
+        // An unanswered request names no one.
+        let skip = expected_per_client([0, 2].into_iter(), 4, 5);
+        assert_eq!(skip.iter().sum::<u32>(), 8);
+    }
+
+    #[test]
+    fn the_push_body_is_json_carrying_the_stamp() {
+        let to = vec!["bench-1".to_string(), "bench-2".to_string()];
+        let stamp = Stamp {
+            message: 0,
+            due_ns: 42,
+        };
+        let body: serde_json::Value = serde_json::from_str(&push_body(3, &to, stamp)).unwrap();
+        assert_eq!(body["app"], 3);
+        assert_eq!(body["to"], serde_json::json!(["bench-1", "bench-2"]));
+        let raw = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            body["content_b64"].as_str().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(Stamp::parse(&raw), Some(stamp));
+    }
 }

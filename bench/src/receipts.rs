@@ -40,11 +40,16 @@ impl Stamp {
         Some(Stamp { message, due_ns })
     }
 
-    /// The JSON body of a `POST /v1/push` to every user of `app`.
-    pub fn body(&self, app: u16) -> String {
+    /// The push content that carries this stamp, base64 (as `content_b64`).
+    pub fn content_b64(&self) -> String {
         let mut raw = (self.message as u32).to_le_bytes().to_vec();
         raw.extend_from_slice(&self.due_ns.to_le_bytes());
-        let content = base64::engine::general_purpose::STANDARD.encode(raw);
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    }
+
+    /// The JSON body of a `POST /v1/push` to every user of `app`.
+    pub fn body(&self, app: u16) -> String {
+        let content = self.content_b64();
         serde_json::json!({"app": app, "to": "all", "content_b64": content}).to_string()
     }
 }

@@ -70,8 +70,8 @@ struct ShareStorm {
     connect_latency: String,
 }
 
-/// A worker's later lines: once when it has received every broadcast it
-/// counts (`released` false), and last when released.
+/// A worker's later lines: one each time it has counted the receipts the
+/// parent told it to expect (`released` false), and the last when released.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ShareHeld {
     /// Connections still open.
@@ -105,7 +105,6 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         latency: storm.latency.to_base64(),
         connect_latency: storm.connect_latency.to_base64(),
     })?;
-    let expected = storm.members.len() as u64 * args.receive.unwrap_or(0) as u64;
     let receipts = args.receive.map(|m| Arc::new(Receipts::new(m)));
     let holders = Holders::start(
         storm.members,
@@ -113,24 +112,12 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         Duration::from_secs(args.keepalive_s.max(1)),
         receipts.clone(),
     );
-    let released = procs::until_released(Duration::from_secs(args.max_hold_s));
-    tokio::pin!(released);
-    if let Some(r) = &receipts {
-        let complete = async {
-            while r.total() < expected {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        };
-        tokio::select! {
-            _ = &mut released => {}
-            _ = complete => {
-                say(&ShareHeld { open: holders.open(), tally: Some(r.tally()), released: false })?;
-                released.await;
-            }
-        }
-    } else {
-        released.await;
-    }
+    follow(
+        &holders,
+        receipts.as_deref(),
+        Duration::from_secs(args.max_hold_s),
+    )
+    .await?;
     say(&ShareHeld {
         open: holders.open(),
         tally: receipts.map(|r| r.tally()),
@@ -138,6 +125,73 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     })?;
     holders.close();
     Ok(())
+}
+
+/// What the parent tells a holding worker, one line of its stdin each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Instruction {
+    /// `expect N`: report (a [`ShareHeld`] line) once N receipts are counted.
+    Expect(u64),
+}
+
+impl Instruction {
+    fn line(&self) -> String {
+        match self {
+            Instruction::Expect(n) => format!("expect {n}"),
+        }
+    }
+
+    fn parse(line: &str) -> anyhow::Result<Instruction> {
+        match line.split_once(' ') {
+            Some(("expect", n)) => Ok(Instruction::Expect(n.parse()?)),
+            _ => anyhow::bail!("unknown instruction {line:?}"),
+        }
+    }
+}
+
+/// Follows the parent's instructions until it closes stdin (its release)
+/// or `max_hold` has passed. Only the parent knows how many receipts a
+/// share should get (which of its requests succeeded, which clients they
+/// named), so it says so, and the worker answers when it has them.
+async fn follow(
+    holders: &Holders,
+    receipts: Option<&Receipts>,
+    max_hold: Duration,
+) -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let end = tokio::time::Instant::now() + max_hold;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut waiting_for: Option<u64> = None;
+    loop {
+        let complete = async {
+            match (waiting_for, receipts) {
+                (Some(n), Some(r)) => {
+                    while r.total() < n {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // `next_line` is cancel-safe: a line half read when `complete`
+            // wins is finished on the next turn.
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => match Instruction::parse(&line)? {
+                    Instruction::Expect(n) => {
+                        anyhow::ensure!(receipts.is_some(), "told to expect receipts, counting none");
+                        waiting_for = Some(n);
+                    }
+                },
+                _ => return Ok(()),
+            },
+            _ = complete => {
+                say(&ShareHeld { open: holders.open(), tally: receipts.map(|r| r.tally()), released: false })?;
+                waiting_for = None;
+            }
+            _ = tokio::time::sleep_until(end) => return Ok(()),
+        }
+    }
 }
 
 /// Prints one JSON line to the parent.
@@ -178,6 +232,11 @@ impl fleet::Storm {
 }
 
 impl StormSummary {
+    /// Fails unless all `wanted` clients logged in.
+    pub fn require_all(&self, wanted: usize) -> anyhow::Result<()> {
+        fleet::require_all(self.logged_in, wanted, &self.failures)
+    }
+
     /// Logins per second over the storm.
     pub fn logins_per_s(&self) -> f64 {
         self.logged_in as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -187,8 +246,10 @@ impl StormSummary {
 /// Worker processes holding a storm's clients.
 pub struct Spread {
     workers: Workers,
-    /// Which workers have said they received every broadcast.
-    complete: Vec<bool>,
+    /// Each worker's share of the clients.
+    shares: Vec<Share>,
+    /// Clients each worker logged in.
+    logged_in: Vec<usize>,
 }
 
 /// How a spread storm holds its clients.
@@ -248,6 +309,7 @@ pub async fn storm(
         connect_latency: Recorder::new(),
         elapsed: started.elapsed(),
     };
+    let logged_in = lines.iter().map(|l| l.logged_in).collect();
     for line in lines {
         summary.logged_in += line.logged_in;
         for (why, n) in line.failures {
@@ -260,8 +322,14 @@ pub async fn storm(
             .connect_latency
             .merge(&Recorder::from_base64(&line.connect_latency)?);
     }
-    let complete = vec![false; n];
-    Ok((summary, Spread { workers, complete }))
+    Ok((
+        summary,
+        Spread {
+            workers,
+            shares,
+            logged_in,
+        },
+    ))
 }
 
 fn worker_args(
@@ -311,19 +379,29 @@ impl Spread {
         self.workers.len()
     }
 
-    /// Waits until every worker has received every broadcast, or until
+    /// Tells each worker how many receipts to expect (`expect(share,
+    /// logged_in)`) and waits until every one has them, or until
     /// `deadline`; returns whether all did.
-    pub async fn wait_complete(&mut self, deadline: tokio::time::Instant) -> bool {
-        for i in 0..self.complete.len() {
-            if self.complete[i] {
-                continue;
-            }
-            match self.workers.next_line_of::<ShareHeld>(i, deadline).await {
-                Ok(_) => self.complete[i] = true,
-                Err(_) => return false,
+    pub async fn wait_complete(
+        &mut self,
+        expect: impl Fn(&Share, usize) -> u64,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<bool> {
+        for i in 0..self.shares.len() {
+            let n = expect(&self.shares[i], self.logged_in[i]);
+            self.workers.tell(i, &Instruction::Expect(n).line()).await?;
+        }
+        for i in 0..self.shares.len() {
+            if self
+                .workers
+                .next_line_of::<ShareHeld>(i, deadline)
+                .await
+                .is_err()
+            {
+                return Ok(false);
             }
         }
-        true
+        Ok(true)
     }
 
     /// Releases the workers (they close their connections and exit) and
@@ -333,8 +411,8 @@ impl Spread {
         const GRACE: Duration = Duration::from_secs(30);
         self.workers.release();
         let deadline = tokio::time::Instant::now() + GRACE;
-        let mut last = Vec::with_capacity(self.complete.len());
-        for i in 0..self.complete.len() {
+        let mut last = Vec::with_capacity(self.shares.len());
+        for i in 0..self.shares.len() {
             loop {
                 let line: ShareHeld = self.workers.next_line_of(i, deadline).await?;
                 if line.released {
@@ -356,8 +434,12 @@ pub enum Fleet {
     Here {
         /// The held connections.
         holders: Holders,
-        /// Broadcast receipts, when counting.
+        /// Receipts, when counting.
         receipts: Option<Arc<Receipts>>,
+        /// The clients' indices.
+        share: Share,
+        /// Clients logged in.
+        logged_in: usize,
     },
     /// Held by worker processes.
     Workers(Spread),
@@ -383,27 +465,51 @@ impl Fleet {
         if procs == 1 {
             let (summary, members) = fleet::storm(plan).await?.into_parts();
             let receipts = receive.map(|m| Arc::new(Receipts::new(m)));
+            let logged_in = members.len();
             let holders = Holders::start(members, plan.app, hold.keepalive, receipts.clone());
-            Ok((summary, Fleet::Here { holders, receipts }))
+            let share = Share {
+                first: plan.first,
+                count: plan.connections,
+            };
+            let here = Fleet::Here {
+                holders,
+                receipts,
+                share,
+                logged_in,
+            };
+            Ok((summary, here))
         } else {
             let (summary, spread) = storm(plan, procs, hold, receive).await?;
             Ok((summary, Fleet::Workers(spread)))
         }
     }
 
-    /// Waits until every client has every counted broadcast (`expected`
-    /// receipts in all) or `deadline` passes.
-    pub async fn wait_complete(&mut self, expected: u64, deadline: tokio::time::Instant) {
+    /// Waits until every process has counted the receipts `expect(share,
+    /// logged_in)` says its clients should get, or `deadline` passes;
+    /// returns whether all did.
+    pub async fn wait_complete(
+        &mut self,
+        expect: impl Fn(&Share, usize) -> u64,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<bool> {
         match self {
-            Fleet::Here { receipts, .. } => {
-                let Some(r) = receipts else { return };
-                while r.total() < expected && tokio::time::Instant::now() < deadline {
+            Fleet::Here {
+                receipts,
+                share,
+                logged_in,
+                ..
+            } => {
+                let Some(r) = receipts else { return Ok(true) };
+                let expected = expect(share, *logged_in);
+                while r.total() < expected {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ok(false);
+                    }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
+                Ok(true)
             }
-            Fleet::Workers(s) => {
-                s.wait_complete(deadline).await;
-            }
+            Fleet::Workers(s) => s.wait_complete(expect, deadline).await,
         }
     }
 
@@ -411,7 +517,9 @@ impl Fleet {
     /// merged receipts.
     pub async fn release(self) -> anyhow::Result<Released> {
         match self {
-            Fleet::Here { holders, receipts } => {
+            Fleet::Here {
+                holders, receipts, ..
+            } => {
                 let open = holders.open();
                 holders.close();
                 Ok(Released {

@@ -8,19 +8,20 @@
 //! rather than `record_corrected` goes with it).
 
 use super::pool::Pool;
-use super::{PushArgs, DRAIN, HTTP_TIMEOUT};
+use super::{
+    expected_in, expected_per_client, push_body, receivers, PushArgs, DRAIN, HTTP_TIMEOUT,
+};
 use crate::fleet::{self, StormPlan};
 use crate::pace::{self, Schedule, Slot};
+use crate::receipts::{mono_ns, Stamp};
 use crate::report::{self, SharedRecorder};
 use crate::Percentiles;
-use base64::Engine;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 
 /// A request that starts later than this after its due instant counts as
 /// late (sender lag: the pacer, the runtime or the in-flight cap held it).
@@ -85,6 +86,8 @@ impl RateLoad {
 pub struct RateReport {
     /// Clients logged in.
     pub connections: usize,
+    /// Bench processes holding them.
+    pub bench_procs: usize,
     /// Requests per second asked for.
     pub rate_per_s: f64,
     /// Seconds of schedule.
@@ -126,10 +129,45 @@ pub struct RateReport {
 struct Sent {
     started: AtomicU64,
     ok: AtomicU64,
+    /// Which requests were answered 2xx (bit k: request k), so each
+    /// process can be told how many pushes its clients should get.
+    answered: Answered,
     late: AtomicU64,
     /// Nanoseconds from the schedule start to the latest request start.
     last_start_ns: AtomicU64,
     failures: Mutex<BTreeMap<String, u64>>,
+}
+
+/// A set of request indices, one bit each (100,000,000 requests at most:
+/// 12.5 MB).
+#[derive(Default)]
+struct Answered {
+    bits: Vec<AtomicU64>,
+}
+
+impl Answered {
+    fn with_capacity(requests: u64) -> Answered {
+        Answered {
+            bits: (0..requests.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    fn insert(&self, k: usize) {
+        if let Some(word) = self.bits.get(k / 64) {
+            word.fetch_or(1 << (k % 64), Ordering::Relaxed);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.bits.iter().enumerate().flat_map(|(w, word)| {
+            let word = word.load(Ordering::Relaxed);
+            (0..64)
+                .filter(move |b| word & (1 << b) != 0)
+                .map(move |b| w * 64 + b)
+        })
+    }
 }
 
 impl Sent {
@@ -168,6 +206,7 @@ impl Shots {
             Ok(()) => {
                 self.http_latency.record(k, slot.due.elapsed());
                 self.sent.ok.fetch_add(1, Ordering::Relaxed);
+                self.sent.answered.insert(k);
             }
             Err(reason) => self.sent.fail(reason),
         }
@@ -182,26 +221,11 @@ impl Shots {
 pub(super) async fn run(
     args: &PushArgs,
     plan: &StormPlan,
+    procs: usize,
     load: RateLoad,
+    limit: Duration,
 ) -> anyhow::Result<RateReport> {
-    let storm = fleet::storm(plan).await?;
-    storm.require_all(args.connections)?;
-    let epoch = Instant::now();
-    let latency = Arc::new(SharedRecorder::new());
-    let delivered = Arc::new(AtomicU64::new(0));
-    let mut readers = JoinSet::new();
-    for m in storm.members {
-        let (latency, delivered, mut client) = (latency.clone(), delivered.clone(), m.client);
-        readers.spawn(async move {
-            while let Ok(push) = client.recv_push().await {
-                if let Some(due_ns) = stamp(&push.content) {
-                    let now_ns = epoch.elapsed().as_nanos() as u64;
-                    latency.record(m.index, Duration::from_nanos(now_ns.saturating_sub(due_ns)));
-                }
-                delivered.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
+    let (_, mut fleet) = receivers(plan, procs, limit).await?;
 
     let pool = Arc::new(Pool::new(
         args.server.http,
@@ -214,7 +238,10 @@ pub(super) async fn run(
     let start = Instant::now() + Duration::from_millis(10);
     let shots = Arc::new(Shots {
         pool,
-        sent: Sent::default(),
+        sent: Sent {
+            answered: Answered::with_capacity(load.requests),
+            ..Sent::default()
+        },
         http_latency: SharedRecorder::new(),
         lag: SharedRecorder::new(),
         start,
@@ -222,6 +249,8 @@ pub(super) async fn run(
     let send_deadline = start + load.duration + SEND_GRACE;
     let not_sent = Arc::new(AtomicU64::new(0));
     let schedule = Schedule::at_rate(load.rate, load.requests, start);
+    // Due instants on the clock every bench process shares.
+    let (epoch, epoch_ns) = (Instant::now(), mono_ns());
     let pacer = {
         let (shots, in_flight, not_sent) = (shots.clone(), in_flight.clone(), not_sent.clone());
         let (app, batch, connections, requests) =
@@ -254,7 +283,11 @@ pub(super) async fn run(
             let to: Vec<String> = (0..batch)
                 .map(|j| fleet::uid((k * batch + j) % connections))
                 .collect();
-            let body = push_body(app, &to, slot.due.duration_since(epoch));
+            let stamp = Stamp {
+                message: 0,
+                due_ns: epoch_ns + slot.due.saturating_duration_since(epoch).as_nanos() as u64,
+            };
+            let body = push_body(app, &to, stamp);
             runtime.spawn(shots.clone().fire(slot, body, permit));
             true
         })?
@@ -279,12 +312,14 @@ pub(super) async fn run(
         sent.failures.lock().unwrap_or_else(|p| p.into_inner())
     );
     let targets_ok = ok * load.batch as u64;
-    let drain_end = Instant::now() + DRAIN;
-    while delivered.load(Ordering::Relaxed) < targets_ok && Instant::now() < drain_end {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    readers.abort_all();
-    while readers.join_next().await.is_some() {}
+    let expected = expected_per_client(sent.answered.iter(), load.batch, args.connections);
+    fleet
+        .wait_complete(
+            |share, _| expected_in(&expected, share),
+            tokio::time::Instant::now() + DRAIN,
+        )
+        .await?;
+    let tally = fleet.release().await?.tally.unwrap_or_default();
 
     let started_n = sent.started.load(Ordering::Relaxed);
     let span = Duration::from_nanos(sent.last_start_ns.load(Ordering::Relaxed))
@@ -295,6 +330,7 @@ pub(super) async fn run(
         .unwrap_or_else(|p| p.into_inner());
     Ok(RateReport {
         connections: args.connections,
+        bench_procs: procs,
         rate_per_s: load.rate,
         duration_s: load.duration.as_secs_f64(),
         batch: load.batch,
@@ -305,8 +341,8 @@ pub(super) async fn run(
         not_sent,
         achieved_rate_per_s: started_n as f64 / span.as_secs_f64(),
         targets_ok,
-        delivered: delivered.load(Ordering::Relaxed),
-        latency: latency.merged().percentiles(),
+        delivered: tally.counts.iter().sum(),
+        latency: tally.latency()?.percentiles(),
         http_latency: http_latency.merged().percentiles(),
         sender_lag: lag.merged().percentiles(),
         late_starts: sent.late.load(Ordering::Relaxed),
@@ -315,37 +351,16 @@ pub(super) async fn run(
     })
 }
 
-/// The JSON push body; its content is the due instant (ns since the run's
-/// epoch), which the receiving client turns into a latency.
-fn push_body(app: u16, to: &[String], due: Duration) -> String {
-    let stamp = (due.as_nanos() as u64).to_le_bytes();
-    let content = base64::engine::general_purpose::STANDARD.encode(stamp);
-    // Formatted directly: building a serde_json::Value per request cost ~5%
-    // of bench's CPU. Uids and base64 need no escaping beyond what
-    // `to_string` of the list gives.
-    let to = serde_json::to_string(to).unwrap_or_default();
-    format!(r#"{{"app":{app},"to":{to},"content_b64":"{content}"}}"#)
-}
-
-/// The due instant a push carries, if it is one of ours.
-fn stamp(content: &[u8]) -> Option<u64> {
-    Some(u64::from_le_bytes(content.get(..8)?.try_into().ok()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_push_body_is_json_carrying_the_due_instant() {
-        let to = vec!["bench-1".to_string(), "bench-2".to_string()];
-        let body: serde_json::Value =
-            serde_json::from_str(&push_body(3, &to, Duration::from_nanos(42))).unwrap();
-        assert_eq!(body["app"], 3);
-        assert_eq!(body["to"], serde_json::json!(["bench-1", "bench-2"]));
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(body["content_b64"].as_str().unwrap())
-            .unwrap();
-        assert_eq!(stamp(&raw), Some(42));
+    fn answered_requests_come_back_in_order() {
+        let a = Answered::with_capacity(200);
+        for k in [0, 63, 64, 130, 199, 500] {
+            a.insert(k);
+        }
+        assert_eq!(a.iter().collect::<Vec<_>>(), vec![0, 63, 64, 130, 199]);
     }
 }
