@@ -14,6 +14,7 @@
 #       1/PER_CLIENT_RATE s (default 0.2: GPS every 5 s) for DURATION_S (default 60)
 #   SCENARIO=push bench/scripts/c1m.sh ...      closed-loop push batches of BATCH (default
 #       1000) targets, REQUESTS of them (default: every client named 5 times)
+#   HOLDER_IO=epoll bench/scripts/c1m.sh ...    bench receivers woken by readiness (default uring)
 #   SHARDS=2 bench/scripts/c1m.sh ...           shards per gateway worker (default 1)
 set -euo pipefail
 N=${1:-1000000}
@@ -81,16 +82,17 @@ grep -q '^ready' "$DIR/gateway.log" || { tail -20 "$DIR/gateway.log"; exit 1; }
 
 RATE_ARGS=()
 [ -n "${RATE:-}" ] && RATE_ARGS=(--rate "$RATE")
+IO_ARGS=(--holder-io "${HOLDER_IO:-uring}")
 case "${SCENARIO:-idle}" in
 idle)
     "$BIN" bench idle --target "127.0.0.1:$CLIENT_PORT" --gateway-pid "$GATEWAY" \
         --connections "$N" --hold-s "$HOLD_S" --keepalive-s 240 \
-        --concurrency "${CONCURRENCY:-4000}" "${RATE_ARGS[@]}" --json "$OUT" >/dev/null
+        --concurrency "${CONCURRENCY:-4000}" "${RATE_ARGS[@]}" "${IO_ARGS[@]}" --json "$OUT" >/dev/null
     ;;
 broadcast)
     "$BIN" bench broadcast --target "127.0.0.1:$CLIENT_PORT" --http "127.0.0.1:$HTTP_PORT" \
         --connections "$N" --messages "${MESSAGES:-5}" --interval-ms "${INTERVAL_MS:-5000}" --drain-s "${DRAIN_S:-10}" \
-        --concurrency "${CONCURRENCY:-4000}" ${RATE:+--login-rate "$RATE"} --json "$OUT" >/dev/null
+        --concurrency "${CONCURRENCY:-4000}" ${RATE:+--login-rate "$RATE"} "${IO_ARGS[@]}" --json "$OUT" >/dev/null
     ;;
 connect)
     "$BIN" bench connect --target "127.0.0.1:$CLIENT_PORT" --connections "$N" \
@@ -104,7 +106,7 @@ push)
     BATCH=${BATCH:-1000}
     "$BIN" bench push --target "127.0.0.1:$CLIENT_PORT" --http "127.0.0.1:$HTTP_PORT" \
         --connections "$N" --batch "$BATCH" --requests "${REQUESTS:-$(( N * 5 / BATCH ))}" \
-        --concurrency "${CONCURRENCY:-4}" --json "$OUT" >/dev/null
+        --concurrency "${CONCURRENCY:-4}" "${IO_ARGS[@]}" --json "$OUT" >/dev/null
     ;;
 *) echo "SCENARIO is idle, broadcast, connect, c2s or push" >&2; exit 2 ;;
 esac

@@ -57,6 +57,11 @@ pub struct BroadcastArgs {
     /// Write the report as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// How held connections wait for bytes: `uring` (tokio-uring, a
+    /// receive in flight per connection) or `epoll` (a task per connection
+    /// woken by readiness).
+    #[arg(long, value_enum, default_value_t)]
+    pub holder_io: crate::hold::HolderIo,
 }
 
 /// One broadcast's fate.
@@ -165,6 +170,7 @@ async fn fan_out(
     let hold = HoldPlan {
         keepalive: KEEPALIVE,
         max_hold: limit,
+        io: args.holder_io,
     };
     let (storm, mut receivers) = Fleet::start(plan, procs, hold, Some(args.messages)).await?;
     // At a million, a few logins may fail on a saturated host: broadcast to

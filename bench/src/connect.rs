@@ -122,6 +122,7 @@ async fn storm_and_leave(
         let hold = HoldPlan {
             keepalive: Duration::from_secs(3600),
             max_hold: plan.worst_case() + Duration::from_secs(60),
+            io: crate::hold::HolderIo::default(),
         };
         let (summary, workers) = spread::storm(plan, procs, hold, None).await?;
         workers.release().await?;

@@ -5,54 +5,95 @@
 //! it sends a KEEPALIVE now and then, reads and discards whatever the
 //! gateway sends (keepalive replies), and ends when the gateway closes.
 //! Given [`Receipts`], it decodes what arrives instead and counts each
-//! broadcast it receives (`bench broadcast --procs`).
+//! push it receives (`bench broadcast`, `bench push`).
+//!
+//! Two ways to wait for the bytes ([`HolderIo`]): `epoll.rs`, a tokio task
+//! per connection woken by readiness, then one `recv`; and `uring.rs`, one
+//! tokio-uring runtime per thread with a receive always in flight per
+//! connection, completed by the kernel without a readiness round trip.
+
+mod epoll;
+mod uring;
 
 use crate::fleet::Member;
 use crate::receipts::Receipts;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tidegate_proto::{pb, AppCode, Cmd, Frame, Header, DEFAULT_MAX_BODY};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::task::JoinSet;
+
+/// How held connections wait for what the gateway sends.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HolderIo {
+    /// A tokio task per connection, woken by epoll readiness, one `recv` per wake-up.
+    Epoll,
+    /// tokio-uring runtimes (one per thread), a receive in flight per connection.
+    #[default]
+    Uring,
+}
+
+impl HolderIo {
+    /// The flag value, for a worker's command line.
+    pub fn as_arg(&self) -> &'static str {
+        match self {
+            HolderIo::Epoll => "epoll",
+            HolderIo::Uring => "uring",
+        }
+    }
+}
 
 /// Connections being held, and how many are still open.
 pub struct Holders {
-    tasks: JoinSet<()>,
+    open: Arc<AtomicUsize>,
+    io: Io,
+}
+
+enum Io {
+    Epoll(epoll::Tasks),
+    Uring(uring::Threads),
+}
+
+/// What every holder of a run shares.
+#[derive(Clone)]
+struct Shared {
+    /// The KEEPALIVE frame.
+    ping: bytes::Bytes,
+    /// Keepalive interval.
+    every: Duration,
+    /// Where pushes are counted, if anywhere.
+    receipts: Option<Arc<Receipts>>,
+    /// Connections still open.
     open: Arc<AtomicUsize>,
 }
 
 impl Holders {
     /// Holds every member's connection, each sending a KEEPALIVE every
     /// `keepalive` (spread over the interval so they do not all fire at
-    /// once), and counting broadcasts into `receipts` when given.
+    /// once), and counting pushes into `receipts` when given. `threads`:
+    /// tokio-uring runtimes to spread the connections over (one per core
+    /// the process may use; ignored for epoll, which runs on the caller's
+    /// runtime).
     pub fn start(
         members: Vec<Member>,
         app: AppCode,
         keepalive: Duration,
         receipts: Option<Arc<Receipts>>,
-    ) -> Holders {
+        io: HolderIo,
+        threads: usize,
+    ) -> anyhow::Result<Holders> {
         let open = Arc::new(AtomicUsize::new(members.len()));
-        let ping = Frame::empty(Header::new(Cmd::Keepalive, app, 0)).to_bytes();
-        let mut tasks = JoinSet::new();
-        for m in members {
-            let phase = spread(m.index, keepalive);
-            let (ping, open, receipts) = (ping.clone(), open.clone(), receipts.clone());
-            let stream = m.client.into_stream();
-            let index = m.index;
-            tasks.spawn(async move {
-                let reader = Reader {
-                    index,
-                    receipts,
-                    rbuf: BytesMut::new(),
-                };
-                hold(stream, ping, keepalive, phase, reader).await;
-                open.fetch_sub(1, Ordering::Relaxed);
-            });
-        }
-        Holders { tasks, open }
+        let shared = Shared {
+            ping: Frame::empty(Header::new(Cmd::Keepalive, app, 0)).to_bytes(),
+            every: keepalive,
+            receipts,
+            open: open.clone(),
+        };
+        let io = match io {
+            HolderIo::Epoll => Io::Epoll(epoll::Tasks::start(members, shared)),
+            HolderIo::Uring => Io::Uring(uring::Threads::start(members, shared, threads)?),
+        };
+        Ok(Holders { open, io })
     }
 
     /// Connections still open (the gateway has not closed them).
@@ -60,9 +101,12 @@ impl Holders {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Closes every connection (each task drops its socket).
-    pub fn close(mut self) {
-        self.tasks.abort_all();
+    /// Closes every connection.
+    pub fn close(self) {
+        match self.io {
+            Io::Epoll(t) => t.close(),
+            Io::Uring(t) => t.close(),
+        }
     }
 }
 
@@ -78,51 +122,27 @@ fn spread(index: usize, every: Duration) -> Duration {
 struct Reader {
     /// The client's fleet index (picks a latency stripe).
     index: usize,
-    /// Count broadcasts here; `None`: discard everything.
+    /// Count pushes here; `None`: discard everything.
     receipts: Option<Arc<Receipts>>,
     /// Part of a frame read so far (empty, unallocated, between frames).
     rbuf: BytesMut,
 }
 
-async fn hold(
-    mut stream: TcpStream,
-    ping: Bytes,
-    every: Duration,
-    phase: Duration,
-    mut reader: Reader,
-) {
-    let mut next = tokio::time::Instant::now() + phase;
-    loop {
-        tokio::select! {
-            r = stream.readable() => {
-                if r.is_err() || !reader.take(&stream) {
-                    return;
-                }
-            }
-            _ = tokio::time::sleep_until(next) => {
-                if stream.write_all(&ping).await.is_err() {
-                    return;
-                }
-                next += every;
-            }
+impl Reader {
+    fn new(index: usize, receipts: Option<Arc<Receipts>>) -> Reader {
+        Reader {
+            index,
+            receipts,
+            rbuf: BytesMut::new(),
         }
     }
-}
 
-impl Reader {
-    /// Reads what is readable; false once the peer has closed (or sent
-    /// bytes that are not frames).
-    fn take(&mut self, stream: &TcpStream) -> bool {
-        let mut buf = [0u8; 4096];
-        let n = match recv_once(stream, &mut buf) {
-            Recv::Data(n) => n,
-            Recv::Empty => return true,
-            Recv::Closed => return false,
-        };
+    /// Takes bytes read from the gateway; false if they are not frames.
+    fn take(&mut self, bytes: &[u8]) -> bool {
         let Some(receipts) = &self.receipts else {
             return true; // discarded: keepalive replies
         };
-        self.rbuf.extend_from_slice(&buf[..n]);
+        self.rbuf.extend_from_slice(bytes);
         loop {
             match Frame::parse(&mut self.rbuf, DEFAULT_MAX_BODY * 16) {
                 Ok(Some(f)) if f.header.cmd == Cmd::S2c => {
@@ -143,47 +163,6 @@ impl Reader {
     }
 }
 
-/// What one receive got.
-enum Recv {
-    /// Bytes, this many.
-    Data(usize),
-    /// Nothing after all (a stale readiness event).
-    Empty,
-    /// The peer closed, or the socket failed.
-    Closed,
-}
-
-/// One `recv` per wake-up. A read that leaves room in `buf` has emptied the
-/// socket, so the readiness is cleared right there, instead of by a second
-/// `recv` that would only answer EAGAIN: a syscall per delivery saved, on
-/// the receivers that share the cores with the gateway in a broadcast.
-/// (tokio clears readiness only for the event it observed, so bytes that
-/// arrive meanwhile still wake the holder.) A full buffer keeps the
-/// readiness and is read again at once.
-fn recv_once(stream: &TcpStream, buf: &mut [u8]) -> Recv {
-    use std::os::fd::AsRawFd;
-    let mut got = 0;
-    let result = stream.try_io(tokio::io::Interest::READABLE, || {
-        // SAFETY: recv writes at most buf.len() bytes into the buffer we own.
-        let n = unsafe { libc::recv(stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        got = n as usize;
-        if got > 0 && got < buf.len() {
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        }
-        Ok(())
-    });
-    match result {
-        Ok(()) if got == 0 => Recv::Closed,
-        Ok(()) => Recv::Data(got),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && got > 0 => Recv::Data(got),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Recv::Empty,
-        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Recv::Empty,
-        Err(_) => Recv::Closed,
-    }
-}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,6 +59,11 @@ pub struct IdleArgs {
     /// Write the report as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// How held connections wait for bytes: `uring` (tokio-uring, a
+    /// receive in flight per connection) or `epoll` (a task per connection
+    /// woken by readiness).
+    #[arg(long, value_enum, default_value_t)]
+    pub holder_io: crate::hold::HolderIo,
 }
 
 /// A memory sample during the hold.
@@ -169,6 +174,7 @@ async fn hold(
     let hold_plan = HoldPlan {
         keepalive: Duration::from_secs(args.keepalive_s),
         max_hold: limit,
+        io: args.holder_io,
     };
     let (storm, held) = Fleet::start(&plan, procs, hold_plan, None).await?;
 

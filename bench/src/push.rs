@@ -13,6 +13,7 @@ mod pool;
 mod rate;
 
 use crate::fleet::{self, StormPlan};
+use crate::hold::HolderIo;
 use crate::procs::Share;
 use crate::receipts::{mono_ns, Stamp};
 use crate::report::{self, Server, SharedRecorder};
@@ -62,6 +63,11 @@ pub struct PushArgs {
     /// Write the report as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// How held connections wait for bytes: `uring` (tokio-uring, a
+    /// receive in flight per connection) or `epoll` (a task per connection
+    /// woken by readiness).
+    #[arg(long, value_enum, default_value_t)]
+    pub holder_io: crate::hold::HolderIo,
 }
 
 /// What `bench push` measured, by load.
@@ -171,11 +177,13 @@ struct Batches {
 async fn receivers(
     plan: &StormPlan,
     procs: usize,
+    io: HolderIo,
     limit: Duration,
 ) -> anyhow::Result<(StormSummary, Fleet)> {
     let hold = HoldPlan {
         keepalive: KEEPALIVE,
         max_hold: limit,
+        io,
     };
     let (storm, fleet) = Fleet::start(plan, procs, hold, Some(RECEIPT_SLOTS)).await?;
     storm.require_all(plan.connections)?;
@@ -224,7 +232,7 @@ async fn batches(
     load: Batches,
     limit: Duration,
 ) -> anyhow::Result<BatchReport> {
-    let (_, mut fleet) = receivers(plan, procs, limit).await?;
+    let (_, mut fleet) = receivers(plan, procs, args.holder_io, limit).await?;
     let Batches {
         batch,
         requests,

@@ -7,7 +7,7 @@
 //! The parent merges the storms (histograms added, failures summed).
 
 use crate::fleet::{self, StormPlan};
-use crate::hold::Holders;
+use crate::hold::{HolderIo, Holders};
 use crate::procs::{self, Share, Workers};
 use crate::receipts::{Receipts, Tally};
 use crate::{report, Recorder};
@@ -56,6 +56,9 @@ pub struct WorkerArgs {
     /// discarding what arrives.
     #[arg(long)]
     pub receive: Option<usize>,
+    /// How the held connections wait for bytes.
+    #[arg(long, value_enum, default_value_t)]
+    pub holder_io: HolderIo,
 }
 
 /// A worker's first line: its storm.
@@ -106,12 +109,15 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         connect_latency: storm.connect_latency.to_base64(),
     })?;
     let receipts = args.receive.map(|m| Arc::new(Receipts::new(m)));
+    // One holder runtime: the parent started a worker per share already.
     let holders = Holders::start(
         storm.members,
         plan.app,
         Duration::from_secs(args.keepalive_s.max(1)),
         receipts.clone(),
-    );
+        args.holder_io,
+        1,
+    )?;
     follow(
         &holders,
         receipts.as_deref(),
@@ -259,6 +265,8 @@ pub struct HoldPlan {
     pub keepalive: Duration,
     /// Workers end by themselves after this, released or not.
     pub max_hold: Duration,
+    /// How held connections wait for bytes.
+    pub io: HolderIo,
 }
 
 /// Worker processes for `connections` (`requested`, or enough to stay under
@@ -360,6 +368,8 @@ fn worker_args(
         &hold.keepalive.as_secs().max(1).to_string(),
         "--max-hold-s",
         &hold.max_hold.as_secs().to_string(),
+        "--holder-io",
+        hold.io.as_arg(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -466,7 +476,16 @@ impl Fleet {
             let (summary, members) = fleet::storm(plan).await?.into_parts();
             let receipts = receive.map(|m| Arc::new(Receipts::new(m)));
             let logged_in = members.len();
-            let holders = Holders::start(members, plan.app, hold.keepalive, receipts.clone());
+            // One holder runtime per core this process may run on.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let holders = Holders::start(
+                members,
+                plan.app,
+                hold.keepalive,
+                receipts.clone(),
+                hold.io,
+                cores,
+            )?;
             let share = Share {
                 first: plan.first,
                 count: plan.connections,
