@@ -83,16 +83,19 @@ grep -q '^ready' "$DIR/gateway.log" || { tail -20 "$DIR/gateway.log"; exit 1; }
 RATE_ARGS=()
 [ -n "${RATE:-}" ] && RATE_ARGS=(--rate "$RATE")
 IO_ARGS=(--holder-io "${HOLDER_IO:-uring}")
+# Held connections send a keepalive every 240 s (the gateway's idle timeout
+# is 900 s here): at 20 s a million clients would send 50,000/s.
+KEEPALIVE_S=${KEEPALIVE_S:-240}
 case "${SCENARIO:-idle}" in
 idle)
     "$BIN" bench idle --target "127.0.0.1:$CLIENT_PORT" --gateway-pid "$GATEWAY" \
-        --connections "$N" --hold-s "$HOLD_S" --keepalive-s 240 \
+        --connections "$N" --hold-s "$HOLD_S" --keepalive-s "$KEEPALIVE_S" \
         --concurrency "${CONCURRENCY:-4000}" "${RATE_ARGS[@]}" "${IO_ARGS[@]}" --json "$OUT" >/dev/null
     ;;
 broadcast)
     "$BIN" bench broadcast --target "127.0.0.1:$CLIENT_PORT" --http "127.0.0.1:$HTTP_PORT" \
         --connections "$N" --messages "${MESSAGES:-5}" --interval-ms "${INTERVAL_MS:-5000}" --drain-s "${DRAIN_S:-10}" \
-        --concurrency "${CONCURRENCY:-4000}" ${RATE:+--login-rate "$RATE"} "${IO_ARGS[@]}" --json "$OUT" >/dev/null
+        --concurrency "${CONCURRENCY:-4000}" ${RATE:+--login-rate "$RATE"} "${IO_ARGS[@]}" --keepalive-s "$KEEPALIVE_S" --json "$OUT" >/dev/null
     ;;
 connect)
     "$BIN" bench connect --target "127.0.0.1:$CLIENT_PORT" --connections "$N" \
@@ -106,7 +109,7 @@ push)
     BATCH=${BATCH:-1000}
     "$BIN" bench push --target "127.0.0.1:$CLIENT_PORT" --http "127.0.0.1:$HTTP_PORT" \
         --connections "$N" --batch "$BATCH" --requests "${REQUESTS:-$(( N * 5 / BATCH ))}" \
-        --concurrency "${CONCURRENCY:-4}" "${IO_ARGS[@]}" --json "$OUT" >/dev/null
+        --concurrency "${CONCURRENCY:-4}" "${IO_ARGS[@]}" --keepalive-s "$KEEPALIVE_S" --json "$OUT" >/dev/null
     ;;
 *) echo "SCENARIO is idle, broadcast, connect, c2s or push" >&2; exit 2 ;;
 esac

@@ -225,7 +225,7 @@ pub(super) async fn run(
     load: RateLoad,
     limit: Duration,
 ) -> anyhow::Result<RateReport> {
-    let (_, mut fleet) = receivers(plan, procs, args.holder_io, limit).await?;
+    let (_, mut fleet) = receivers(args, plan, procs, limit).await?;
 
     let pool = Arc::new(Pool::new(
         args.server.http,
