@@ -37,15 +37,25 @@ use tokio::sync::{mpsc, oneshot};
 use writer::{create_tables, run_writer, C2sRow, Done, Job, Op};
 
 mod node;
+mod session;
 mod writer;
 
-/// `(app, uid, "gate/shard/conn")` → `(epoch, JSON SessionRecord)`; a user's
+/// `(app, uid, "gate/shard/conn")` → `(epoch, session row)` (`embedded/session.rs`); a user's
 /// sessions are one contiguous key range.
 const PRESENCE: TableDefinition<(u16, &str, &str), (u64, &[u8])> = TableDefinition::new("presence");
 /// `(gate_id, shard)` → `(lease end ms, JSON GateShardStatus)`: the gate
 /// leases and directory. A gate is live while any of its shards' lease runs.
 const GATES: TableDefinition<(&str, u32), (u64, &[u8])> = TableDefinition::new("gates");
-/// `(app, uid)` → last epoch handed out; kept after logout so epochs never repeat.
+/// `"last"` → the last epoch handed out to any user. One counter for the
+/// whole store still gives each user strictly increasing epochs, which is
+/// all fencing needs, and costs one row where a row per user ever logged in
+/// cost ~100 bytes of file (and of redb's cache) per user.
+const EPOCH_LAST: TableDefinition<&str, u64> = TableDefinition::new("epoch_last");
+/// The key of [`EPOCH_LAST`]'s one row.
+const EPOCH_LAST_KEY: &str = "last";
+/// `(app, uid)` → that user's last epoch, as builds before [`EPOCH_LAST`]
+/// kept it. Read once, when a file without the counter is opened, to start
+/// the counter above every epoch already handed out; never written.
 const EPOCHS: TableDefinition<(u16, &str), u64> = TableDefinition::new("epochs");
 /// `(stream key, ms, seq)` → a node of encoded [`C2sEntry`]s, keyed by its
 /// first entry's id (`embedded/node.rs`); ordered like a Redis Stream.
@@ -271,7 +281,7 @@ impl Store for EmbeddedStore {
                 "embedded store writer has stopped".into(),
             ));
         }
-        self.read(|txn| txn.open_table(EPOCHS).map(drop).map_err(storage))
+        self.read(|txn| txn.open_table(EPOCH_LAST).map(drop).map_err(storage))
             .await
     }
 
@@ -626,11 +636,9 @@ fn user_sessions(
         if row_app != app.0 || row_uid != uid {
             break;
         }
-        let (epoch, json) = value.value();
-        let mut record: SessionRecord = serde_json::from_slice(json)
+        let (epoch, row) = value.value();
+        let record = session::decode(field, epoch, row)
             .map_err(|e| StoreError::Corrupt(format!("presence {app}:{uid} {field}: {e}")))?;
-        // The key column is what fencing compares; it wins over the JSON copy.
-        record.epoch = epoch;
         out.push(record);
     }
     out.sort_by_key(|s| s.epoch);
@@ -788,6 +796,71 @@ mod tests {
         let all = store.read_c2s(app, mt, None, 10).await.unwrap();
         assert_eq!(all.len(), 4);
         assert_eq!(all[3].entry, old(9));
+    }
+
+    #[tokio::test]
+    async fn sessions_written_as_json_rows_read_and_are_kicked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let app = AppCode(1);
+        let old = SessionRecord {
+            gate_id: "gate-a".into(),
+            shard: 0,
+            conn: 1,
+            epoch: 4,
+            device: "d1".into(),
+            platform: "web".into(),
+            since_ms: 5,
+            incarnation: 6,
+        };
+        // A file as builds before the compact layout and the store-wide
+        // epoch counter wrote it: a JSON row and a per-user epoch.
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let json = serde_json::to_vec(&old).unwrap();
+            let field = old.key().to_string();
+            txn.open_table(PRESENCE)
+                .unwrap()
+                .insert((1, "u1", field.as_str()), (4, json.as_slice()))
+                .unwrap();
+            txn.open_table(EPOCHS)
+                .unwrap()
+                .insert((1, "u1"), 4)
+                .unwrap();
+            txn.open_table(EPOCHS)
+                .unwrap()
+                .insert((1, "u2"), 9)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        drop(db);
+        let store = EmbeddedStore::open(&path).unwrap();
+        let read = |store: &EmbeddedStore| {
+            let txn = store.db.begin_read().unwrap();
+            let table = txn.open_table(PRESENCE).unwrap();
+            user_sessions(&table, app, "u1").unwrap()
+        };
+        assert_eq!(read(&store), vec![old.clone()]);
+        let new = NewSession {
+            key: SessionKey {
+                gate_id: "gate-b".into(),
+                shard: 1,
+                conn: 2,
+            },
+            device: "d2".into(),
+            platform: "ios".into(),
+            since_ms: 7,
+            incarnation: 8,
+        };
+        let outcome = store
+            .add_session(app, "u1", new, DevicePolicy::Single)
+            .await
+            .unwrap();
+        assert_eq!(outcome.kicked, vec![old]);
+        // Above every epoch the old file handed out, not only u1's.
+        assert_eq!(outcome.record.epoch, 10);
+        assert_eq!(read(&store), vec![outcome.record]);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! reach it only through [`Job`]s on a bounded channel.
 
 use super::{
-    inbox_expiry_of, node, reach_from_row, reach_to_row, storage, ReachRow, C2S, C2S_META, EPOCHS,
-    GATES, INBOX, INBOX_EXPIRY, INBOX_META, PRESENCE, REACH,
+    inbox_expiry_of, node, reach_from_row, reach_to_row, session, storage, ReachRow, C2S, C2S_META,
+    EPOCHS, EPOCH_LAST, EPOCH_LAST_KEY, GATES, INBOX, INBOX_EXPIRY, INBOX_META, PRESENCE, REACH,
 };
 use crate::store::{
     DevicePolicy, LoginOutcome, NewSession, ReachCounts, ReachDelta, SessionRecord, StoreError,
@@ -87,7 +87,27 @@ pub(super) enum Done {
 /// Creates any missing table, in one committed transaction.
 pub(super) fn create_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(storage)?;
-    Tables::open(&txn)?;
+    {
+        let mut tables = Tables::open(&txn)?;
+        if tables
+            .epoch_last
+            .get(EPOCH_LAST_KEY)
+            .map_err(storage)?
+            .is_none()
+        {
+            // A new file, or one from before the store-wide counter: start
+            // above every per-user epoch it holds.
+            let legacy = txn.open_table(EPOCHS).map_err(storage)?;
+            let mut last = 0;
+            for row in legacy.iter().map_err(storage)? {
+                last = last.max(row.map_err(storage)?.1.value());
+            }
+            tables
+                .epoch_last
+                .insert(EPOCH_LAST_KEY, last)
+                .map_err(storage)?;
+        }
+    }
     txn.commit().map_err(storage)
 }
 
@@ -159,7 +179,7 @@ fn commit_batch(db: &Database, batch: &mut Vec<Job>, sweep: bool) {
 struct Tables<'txn> {
     presence: redb::Table<'txn, (u16, &'static str, &'static str), (u64, &'static [u8])>,
     gates: redb::Table<'txn, (&'static str, u32), (u64, &'static [u8])>,
-    epochs: redb::Table<'txn, (u16, &'static str), u64>,
+    epoch_last: redb::Table<'txn, &'static str, u64>,
     c2s: redb::Table<'txn, (&'static str, u64, u64), &'static [u8]>,
     meta: redb::Table<'txn, &'static str, (u64, u64, u64)>,
     inbox: redb::Table<'txn, (u16, &'static str, u64, u64), &'static [u8]>,
@@ -173,7 +193,7 @@ impl<'txn> Tables<'txn> {
         Ok(Tables {
             presence: txn.open_table(PRESENCE).map_err(storage)?,
             gates: txn.open_table(GATES).map_err(storage)?,
-            epochs: txn.open_table(EPOCHS).map_err(storage)?,
+            epoch_last: txn.open_table(EPOCH_LAST).map_err(storage)?,
             c2s: txn.open_table(C2S).map_err(storage)?,
             meta: txn.open_table(C2S_META).map_err(storage)?,
             inbox: txn.open_table(INBOX).map_err(storage)?,
@@ -350,9 +370,12 @@ impl<'txn> Tables<'txn> {
         new: &NewSession,
         policy: DevicePolicy,
     ) -> Result<Result<LoginOutcome, StoreError>, redb::Error> {
-        let last = self.epochs.get((app, uid))?.map_or(0, |g| g.value());
+        let last = self
+            .epoch_last
+            .get(EPOCH_LAST_KEY)?
+            .map_or(0, |g| g.value());
         let Some(epoch) = last.checked_add(1) else {
-            let why = format!("epoch of {app}:{uid} is at u64::MAX");
+            let why = format!("the store's epoch counter is at u64::MAX (login of {app}:{uid})");
             return Ok(Err(StoreError::Corrupt(why)));
         };
         let record = SessionRecord {
@@ -365,15 +388,7 @@ impl<'txn> Tables<'txn> {
             since_ms: new.since_ms,
             incarnation: new.incarnation,
         };
-        let json = match serde_json::to_vec(&record) {
-            Ok(json) => json,
-            Err(e) => {
-                return Ok(Err(StoreError::BadInput(format!(
-                    "session {}: {e}",
-                    new.key
-                ))))
-            }
-        };
+        let row = session::encode(&record);
         let field = new.key.to_string();
         let mut kicked = Vec::new();
         if policy != DevicePolicy::Multi {
@@ -387,20 +402,14 @@ impl<'txn> Tables<'txn> {
                 if row_field == field {
                     continue;
                 }
-                let (old_epoch, old_json) = value.value();
+                let (old_epoch, old_row) = value.value();
                 // An unreadable record is replaced under any policy but multi.
-                let old = serde_json::from_slice::<SessionRecord>(old_json).ok();
+                let old = session::decode(row_field, old_epoch, old_row).ok();
                 if old
                     .as_ref()
                     .is_none_or(|o| policy.replaces(&new.platform, o))
                 {
-                    doomed.push((
-                        row_field.to_string(),
-                        old.map(|mut o| {
-                            o.epoch = old_epoch;
-                            o
-                        }),
-                    ));
+                    doomed.push((row_field.to_string(), old));
                 }
             }
             for (f, old) in doomed {
@@ -409,9 +418,9 @@ impl<'txn> Tables<'txn> {
             }
             kicked.sort_by_key(|s| s.epoch);
         }
-        self.epochs.insert((app, uid), epoch)?;
+        self.epoch_last.insert(EPOCH_LAST_KEY, epoch)?;
         self.presence
-            .insert((app, uid, field.as_str()), (epoch, json.as_slice()))?;
+            .insert((app, uid, field.as_str()), (epoch, row.as_slice()))?;
         Ok(Ok(LoginOutcome { record, kicked }))
     }
 
