@@ -148,7 +148,7 @@ impl Shard {
         let (id, conn) = self.table.borrow_mut().insert(
             |id| crate::session::Session::new(id, deadline),
             flow,
-            peer,
+            peer.map(crate::table::PeerAddr::from),
         );
         self.wheel.borrow_mut().insert(id, deadline);
         self.metrics.accepted.increment(1);
