@@ -824,14 +824,9 @@ mod tests {
                 .unwrap()
                 .insert((1, "u1", field.as_str()), (4, json.as_slice()))
                 .unwrap();
-            txn.open_table(EPOCHS)
-                .unwrap()
-                .insert((1, "u1"), 4)
-                .unwrap();
-            txn.open_table(EPOCHS)
-                .unwrap()
-                .insert((1, "u2"), 9)
-                .unwrap();
+            let mut epochs = txn.open_table(EPOCHS).unwrap();
+            epochs.insert((1, "u1"), 4).unwrap();
+            epochs.insert((1, "u2"), 9).unwrap();
         }
         txn.commit().unwrap();
         drop(db);
