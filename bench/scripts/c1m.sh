@@ -113,6 +113,31 @@ push)
     ;;
 *) echo "SCENARIO is idle, broadcast, connect, c2s or push" >&2; exit 2 ;;
 esac
+# The gateway workers' own counters, summed over workers and shards, go
+# into the result beside bench's figures: a shortfall in deliveries reads
+# against what the gateway queued, wrote and closed.
+python3 - "$OUT" "$ADMIN_BASE" "$WORKERS" <<'PY'
+import json, re, sys, urllib.request
+out, base, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+keep = re.compile(r"tidegate_gateway_(closed|queue_full|unparks|delivered|stale_deliveries|bytes_out|frames_out|parked_connections|connections|sessions|link_events)")
+sums = {}
+for w in range(workers):
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{base + w}/metrics", timeout=5).read().decode()
+    except OSError as e:
+        sums.setdefault("scrape_failures", 0)
+        sums["scrape_failures"] += 1
+        continue
+    for line in text.splitlines():
+        if line.startswith("#") or not keep.match(line):
+            continue
+        name, value = line.rsplit(" ", 1)
+        name = re.sub(r'shard="[^"]*",?', "", name).replace(",}", "}").replace("{}", "")
+        sums[name] = sums.get(name, 0) + float(value)
+r = json.load(open(out))
+r["gateway_counters"] = dict(sorted(sums.items()))
+json.dump(r, open(out, "w"), indent=2)
+PY
 python3 - "$OUT" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

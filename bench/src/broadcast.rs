@@ -16,7 +16,7 @@ use crate::fleet::StormPlan;
 use crate::pace::{Pacer, Schedule};
 use crate::receipts::{mono_ns, Stamp};
 use crate::report::{self, Server, SharedRecorder};
-use crate::spread::{self, Fleet, HoldPlan};
+use crate::spread::{self, Fleet, HoldPlan, ShareEnd};
 use crate::{Percentiles, Recorder};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -113,6 +113,12 @@ pub struct BroadcastReport {
     pub time_to_last: Percentiles,
     /// Due instant → HTTP answer.
     pub http_latency: Percentiles,
+    /// Held connections still open when the run ended (the gateway
+    /// closed the others).
+    pub open_at_end: usize,
+    /// Bench processes that counted fewer receipts than their clients
+    /// should have had (empty when every broadcast reached everyone).
+    pub short_shares: Vec<ShareEnd>,
     /// Each broadcast.
     pub per_message: Vec<MessageReport>,
 }
@@ -226,7 +232,14 @@ async fn fan_out(
             tokio::time::Instant::now() + Duration::from_secs(args.drain_s),
         )
         .await?;
-    let tally = receivers.release().await?.tally.unwrap_or_default();
+    let released = receivers.release().await?;
+    let short_shares = released
+        .shares
+        .iter()
+        .filter(|s| s.received < s.logged_in as u64 * messages)
+        .copied()
+        .collect();
+    let tally = released.tally.unwrap_or_default();
 
     let answers = std::mem::take(&mut *answers.lock().unwrap_or_else(|p| p.into_inner()));
     let mut time_to_last = Recorder::new();
@@ -267,6 +280,8 @@ async fn fan_out(
         delivery_latency: tally.latency()?.percentiles(),
         time_to_last: time_to_last.percentiles(),
         http_latency: http_latency.merged().percentiles(),
+        open_at_end: released.open,
+        short_shares,
         per_message,
     })
 }

@@ -417,7 +417,7 @@ impl Spread {
     /// Releases the workers (they close their connections and exit) and
     /// returns their last reports: connections still open at that moment,
     /// and receipts when counting.
-    pub async fn release(mut self) -> anyhow::Result<Vec<ShareHeld>> {
+    pub async fn release(mut self) -> anyhow::Result<Vec<(usize, ShareHeld)>> {
         const GRACE: Duration = Duration::from_secs(30);
         self.workers.release();
         let deadline = tokio::time::Instant::now() + GRACE;
@@ -426,7 +426,7 @@ impl Spread {
             loop {
                 let line: ShareHeld = self.workers.next_line_of(i, deadline).await?;
                 if line.released {
-                    last.push(line);
+                    last.push((self.logged_in[i], line));
                     break;
                 }
             }
@@ -461,6 +461,22 @@ pub struct Released {
     pub open: usize,
     /// Receipts of every process, when counting.
     pub tally: Option<Tally>,
+    /// Each process's own figures, to tell a loss spread thin from one
+    /// process (or gateway worker) that fell behind.
+    pub shares: Vec<ShareEnd>,
+}
+
+/// One bench process's clients at release.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShareEnd {
+    /// The process's index.
+    pub proc: usize,
+    /// Clients it logged in.
+    pub logged_in: usize,
+    /// Of them, still open at release.
+    pub open: usize,
+    /// Receipts it counted, every message together.
+    pub received: u64,
 }
 
 impl Fleet {
@@ -537,22 +553,39 @@ impl Fleet {
     pub async fn release(self) -> anyhow::Result<Released> {
         match self {
             Fleet::Here {
-                holders, receipts, ..
+                holders,
+                receipts,
+                logged_in,
+                ..
             } => {
                 let open = holders.open();
                 holders.close();
+                let end = ShareEnd {
+                    proc: 0,
+                    logged_in,
+                    open,
+                    received: receipts.as_ref().map_or(0, |r| r.total()),
+                };
                 Ok(Released {
                     open,
-                    tally: receipts.map(|r| r.tally()),
+                    tally: receipts.as_ref().map(|r| r.tally()),
+                    shares: vec![end],
                 })
             }
             Fleet::Workers(s) => {
                 let mut released = Released {
                     open: 0,
                     tally: None,
+                    shares: Vec::new(),
                 };
-                for last in s.release().await? {
+                for (proc, (logged_in, last)) in s.release().await?.into_iter().enumerate() {
                     released.open += last.open;
+                    released.shares.push(ShareEnd {
+                        proc,
+                        logged_in,
+                        open: last.open,
+                        received: last.tally.as_ref().map_or(0, |t| t.counts.iter().sum()),
+                    });
                     if let Some(t) = last.tally {
                         released
                             .tally
