@@ -59,6 +59,11 @@ pub struct PushArgs {
     /// count as late).
     #[arg(long, default_value_t = 1024)]
     pub max_in_flight: usize,
+    /// Open loop: HTTP connections to the push API, all opened before the
+    /// clock starts; a request finding all busy waits for one. Default:
+    /// what the rate keeps busy at 10 ms a request (16 to 1024).
+    #[arg(long)]
+    pub http_connections: Option<usize>,
     /// Write the report as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,

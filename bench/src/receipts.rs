@@ -2,7 +2,9 @@
 //! process or over many: each push's content is a [`Stamp`] (message index,
 //! due instant on the host's monotonic clock, which every process of the
 //! run shares), and [`Receipts`] counts per message how many clients got it
-//! and when the last one did.
+//! and when the last one did, and per 100 ms of due time how many arrived,
+//! how many late, and the worst latency (the timeline that tells periodic
+//! stalls from a uniformly slow tail).
 
 use crate::report::SharedRecorder;
 use crate::Recorder;
@@ -54,6 +56,15 @@ impl Stamp {
     }
 }
 
+/// Width of one timeline window, ns of due time.
+pub const WINDOW_NS: u64 = 100_000_000;
+/// Windows a run's timeline holds (10 minutes); later receipts count in the
+/// last one.
+const WINDOWS: usize = 6_000;
+/// A receipt later than this after its due instant counts as late in its
+/// window (the push-latency target of issue 6).
+pub const LATE_NS: u64 = 2_000_000;
+
 /// Receipts of every message of a run, updated by every client's reader.
 pub struct Receipts {
     counts: Vec<AtomicU64>,
@@ -61,6 +72,30 @@ pub struct Receipts {
     last_ns: Vec<AtomicU64>,
     total: AtomicU64,
     latency: SharedRecorder,
+    /// Absolute window ([`mono_ns`] / [`WINDOW_NS`]) of `windows[0]`.
+    first_window: u64,
+    windows: Vec<WindowCells>,
+}
+
+/// One timeline window's counters.
+#[derive(Default)]
+struct WindowCells {
+    delivered: AtomicU64,
+    late: AtomicU64,
+    max_ns: AtomicU64,
+}
+
+/// One window of a run's timeline, by due time.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WindowCount {
+    /// Absolute window number: due instant ([`mono_ns`]) / [`WINDOW_NS`].
+    pub window: u64,
+    /// Receipts of pushes due in it.
+    pub delivered: u64,
+    /// Of them, later than [`LATE_NS`].
+    pub late: u64,
+    /// The worst due → receipt latency, ns.
+    pub max_ns: u64,
 }
 
 impl Receipts {
@@ -71,6 +106,9 @@ impl Receipts {
             last_ns: (0..messages).map(|_| AtomicU64::new(0)).collect(),
             total: AtomicU64::new(0),
             latency: SharedRecorder::new(),
+            // A window of margin: a push due just before this instant.
+            first_window: (mono_ns() / WINDOW_NS).saturating_sub(1),
+            windows: (0..WINDOWS).map(|_| WindowCells::default()).collect(),
         }
     }
 
@@ -87,8 +125,15 @@ impl Receipts {
             return;
         };
         let now = mono_ns();
-        self.latency
-            .record(key, Duration::from_nanos(now.saturating_sub(stamp.due_ns)));
+        let late_by = now.saturating_sub(stamp.due_ns);
+        self.latency.record(key, Duration::from_nanos(late_by));
+        let w = (stamp.due_ns / WINDOW_NS).saturating_sub(self.first_window) as usize;
+        let cells = &self.windows[w.min(WINDOWS - 1)];
+        cells.delivered.fetch_add(1, Ordering::Relaxed);
+        if late_by > LATE_NS {
+            cells.late.fetch_add(1, Ordering::Relaxed);
+        }
+        cells.max_ns.fetch_max(late_by, Ordering::Relaxed);
         count.fetch_add(1, Ordering::Relaxed);
         last.fetch_max(now, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
@@ -113,6 +158,18 @@ impl Receipts {
                 .map(|c| c.load(Ordering::Relaxed))
                 .collect(),
             latency: self.latency.merged().to_base64(),
+            timeline: self
+                .windows
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.delivered.load(Ordering::Relaxed) > 0)
+                .map(|(i, c)| WindowCount {
+                    window: self.first_window + i as u64,
+                    delivered: c.delivered.load(Ordering::Relaxed),
+                    late: c.late.load(Ordering::Relaxed),
+                    max_ns: c.max_ns.load(Ordering::Relaxed),
+                })
+                .collect(),
         }
     }
 }
@@ -126,6 +183,9 @@ pub struct Tally {
     pub last_ns: Vec<u64>,
     /// Due → receipt latency, HdrHistogram V2, base64.
     pub latency: String,
+    /// Windows with receipts, in order.
+    #[serde(default)]
+    pub timeline: Vec<WindowCount>,
 }
 
 impl Tally {
@@ -144,7 +204,38 @@ impl Tally {
         let mut latency = self.latency()?;
         latency.merge(&other.latency()?);
         self.latency = latency.to_base64();
+        let mut windows: std::collections::BTreeMap<u64, WindowCount> =
+            self.timeline.iter().map(|w| (w.window, *w)).collect();
+        for w in &other.timeline {
+            let m = windows.entry(w.window).or_insert(WindowCount {
+                window: w.window,
+                delivered: 0,
+                late: 0,
+                max_ns: 0,
+            });
+            m.delivered += w.delivered;
+            m.late += w.late;
+            m.max_ns = m.max_ns.max(w.max_ns);
+        }
+        self.timeline = windows.into_values().collect();
         Ok(())
+    }
+
+    /// The timeline for a report: the windows with receipts, timed from
+    /// the first of them (a window with none is left out).
+    pub fn timeline(&self) -> Vec<TimelinePoint> {
+        let Some(first) = self.timeline.first().map(|w| w.window) else {
+            return Vec::new();
+        };
+        self.timeline
+            .iter()
+            .map(|w| TimelinePoint {
+                t_ms: (w.window - first) * (WINDOW_NS / 1_000_000),
+                delivered: w.delivered,
+                late: w.late,
+                max_us: w.max_ns / 1_000,
+            })
+            .collect()
     }
 
     /// The due → receipt histogram.
@@ -154,6 +245,19 @@ impl Tally {
         }
         Recorder::from_base64(&self.latency)
     }
+}
+
+/// One window of a report's timeline.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TimelinePoint {
+    /// Start of the window, ms of due time after the first one.
+    pub t_ms: u64,
+    /// Receipts of pushes due in it.
+    pub delivered: u64,
+    /// Of them, later than 2 ms.
+    pub late: u64,
+    /// The worst latency among them, µs.
+    pub max_us: u64,
 }
 
 #[cfg(test)]
@@ -193,5 +297,32 @@ mod tests {
         assert_eq!(t.counts, vec![2, 1]);
         assert!(t.last_ns[0] >= a.tally().last_ns[0] && t.last_ns[1] > 0);
         assert_eq!(t.latency().unwrap().percentiles().count, 3);
+        let delivered: u64 = t.timeline.iter().map(|w| w.delivered).sum();
+        assert_eq!(delivered, 3);
+    }
+
+    #[test]
+    fn the_timeline_counts_late_receipts_per_window_and_merges_by_window() {
+        let (a, b) = (Receipts::new(1), Receipts::new(1));
+        let now = mono_ns();
+        let stamp = |due_ns: u64| {
+            let mut raw = 0u32.to_le_bytes().to_vec();
+            raw.extend_from_slice(&due_ns.to_le_bytes());
+            raw
+        };
+        // Due now: on time. Due 50 ms ago: late (in this window or the one before).
+        a.record(0, &stamp(now));
+        a.record(0, &stamp(now - 50_000_000));
+        b.record(0, &stamp(now));
+        let mut t = a.tally();
+        t.merge(&b.tally()).unwrap();
+        let points = t.timeline();
+        assert_eq!(points.iter().map(|p| p.delivered).sum::<u64>(), 3);
+        assert_eq!(points.iter().map(|p| p.late).sum::<u64>(), 1);
+        let last = points.last().unwrap();
+        assert!(last.delivered >= 2, "{points:?}");
+        assert!(points.iter().any(|p| p.max_us >= 50_000));
+        assert!(points.windows(2).all(|w| w[0].t_ms < w[1].t_ms));
+        assert_eq!(points[0].t_ms, 0);
     }
 }

@@ -15,14 +15,23 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 
-/// Idle connections to one server; each carries one request at a time and
-/// goes back to the pool when its answer has been read.
+/// Connections to one server, at most a fixed number; each carries one
+/// request at a time and goes back to the pool when its answer has been
+/// read. A request finding every connection busy waits for one (the wait
+/// counts in its latency, which runs from its due instant) rather than
+/// opening another: a pool that grew under a burst opened hundreds of
+/// connections at once, overflowed the server's accept queue, and the
+/// dropped SYNs came back a second later as one-second "push latencies"
+/// that were bench's own doing.
 pub(super) struct Pool {
     addr: SocketAddr,
     host: HeaderValue,
     auth: HeaderValue,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    /// One permit per connection the pool may have.
+    slots: Semaphore,
     timeout: Duration,
 }
 
@@ -30,13 +39,20 @@ pub(super) struct Pool {
 pub(super) type Failure = String;
 
 impl Pool {
-    /// A pool for `POST`s to `addr` with the app's API key.
-    pub(super) fn new(addr: SocketAddr, api_key: &str, timeout: Duration) -> anyhow::Result<Pool> {
+    /// A pool of at most `max` connections for `POST`s to `addr` with the
+    /// app's API key.
+    pub(super) fn new(
+        addr: SocketAddr,
+        api_key: &str,
+        max: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Pool> {
         Ok(Pool {
             addr,
             host: HeaderValue::from_str(&addr.to_string())?,
             auth: HeaderValue::from_str(&format!("Bearer {api_key}"))?,
             idle: Mutex::new(Vec::new()),
+            slots: Semaphore::new(max),
             timeout,
         })
     }
@@ -64,6 +80,12 @@ impl Pool {
     }
 
     async fn post(&self, path: &'static str, body: String) -> Result<(), Failure> {
+        // Held until the exchange is over: the connection is busy till then.
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| Failure::from("other: pool closed"))?;
         let mut conn = match self.take() {
             Some(mut c) => match c.ready().await {
                 Ok(()) => c,

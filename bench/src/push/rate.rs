@@ -13,7 +13,7 @@ use super::{
 };
 use crate::fleet::{self, StormPlan};
 use crate::pace::{self, Schedule, Slot};
-use crate::receipts::{mono_ns, Stamp};
+use crate::receipts::{mono_ns, Stamp, TimelinePoint};
 use crate::report::{self, SharedRecorder};
 use crate::Percentiles;
 use serde::Serialize;
@@ -37,6 +37,8 @@ pub(super) struct RateLoad {
     batch: usize,
     /// Most requests in flight (and the pool's upper bound).
     pub(super) max_in_flight: usize,
+    /// `--http-connections`, if given.
+    http_connections: Option<usize>,
     requests: u64,
 }
 
@@ -46,6 +48,9 @@ impl RateLoad {
         report::ensure_range("--rate", rate, 1.0, 200_000.0)?;
         report::ensure_range("--duration-s", args.duration_s, 1, 600)?;
         report::ensure_range("--max-in-flight", args.max_in_flight, 1, 10_000)?;
+        if let Some(n) = args.http_connections {
+            report::ensure_range("--http-connections", n, 1, 10_000)?;
+        }
         let batch = args.batch.unwrap_or(1);
         report::ensure_range("--batch", batch, 1, 10_000)?;
         let requests = (rate * args.duration_s as f64).round() as u64;
@@ -59,6 +64,7 @@ impl RateLoad {
             duration: Duration::from_secs(args.duration_s),
             batch,
             max_in_flight: args.max_in_flight,
+            http_connections: args.http_connections,
             requests,
         })
     }
@@ -72,11 +78,12 @@ impl RateLoad {
             + DRAIN
     }
 
-    /// Connections to open before the clock starts: what the rate keeps in
-    /// flight if each request took 2 ms, within sane bounds.
+    /// HTTP connections, all opened before the clock starts: what the rate
+    /// keeps in flight if each request took 10 ms (five times the target
+    /// latency), within sane bounds, or `--http-connections`.
     fn warm_connections(&self) -> usize {
-        ((self.rate * 0.002).ceil() as usize)
-            .clamp(8, 256)
+        self.http_connections
+            .unwrap_or_else(|| ((self.rate * 0.01).ceil() as usize).clamp(16, 1024))
             .min(self.max_in_flight)
     }
 }
@@ -112,6 +119,9 @@ pub struct RateReport {
     pub delivered: u64,
     /// Due instant → client receipt.
     pub latency: Percentiles,
+    /// Receipts, late ones (> 2 ms) and the worst latency per 100 ms of due
+    /// time: a tail made of periodic stalls shows as a few bad windows.
+    pub timeline: Vec<TimelinePoint>,
     /// Due instant → HTTP response read.
     pub http_latency: Percentiles,
     /// Due instant → request start.
@@ -120,7 +130,8 @@ pub struct RateReport {
     pub late_starts: u64,
     /// The lateness threshold, µs.
     pub late_after_us: u64,
-    /// HTTP connections opened before the clock started.
+    /// HTTP connections, all opened before the clock started; requests
+    /// never opened more.
     pub warm_connections: usize,
 }
 
@@ -227,12 +238,13 @@ pub(super) async fn run(
 ) -> anyhow::Result<RateReport> {
     let (_, mut fleet) = receivers(args, plan, procs, limit).await?;
 
+    let warm = load.warm_connections();
     let pool = Arc::new(Pool::new(
         args.server.http,
         &args.server.api_key,
+        warm,
         HTTP_TIMEOUT,
     )?);
-    let warm = load.warm_connections();
     pool.warm(warm).await?;
     let in_flight = Arc::new(Semaphore::new(load.max_in_flight));
     let start = Instant::now() + Duration::from_millis(10);
@@ -343,6 +355,7 @@ pub(super) async fn run(
         targets_ok,
         delivered: tally.counts.iter().sum(),
         latency: tally.latency()?.percentiles(),
+        timeline: tally.timeline(),
         http_latency: http_latency.merged().percentiles(),
         sender_lag: lag.merged().percentiles(),
         late_starts: sent.late.load(Ordering::Relaxed),

@@ -30,22 +30,24 @@
 
 mod codec;
 mod conn;
+mod leases;
 
 use super::{
-    c2s_stream_key, check_max_len, fold_gates, inbox_page, session_is_live, C2sAppend, C2sEntry,
-    DevicePolicy, GateInfo, GateShardStatus, InboxEntry, InboxMessage, InboxPage, LoginOutcome,
-    NewSession, ReachCounts, ReachDelta, SessionKey, SessionRecord, Store, StoreError, StreamEntry,
-    StreamId,
+    c2s_stream_key, check_max_len, fold_gates, inbox_page, C2sAppend, C2sEntry, DevicePolicy,
+    GateInfo, GateShardStatus, InboxEntry, InboxMessage, InboxPage, LoginOutcome, NewSession,
+    ReachCounts, ReachDelta, SessionKey, SessionRecord, Store, StoreError, StreamEntry, StreamId,
 };
 use async_trait::async_trait;
 use codec::{
     c2s_entry, hash_pairs, inbox_message, parse_session, parse_xrange, StoredSession, StoredShard,
 };
 use conn::Conn;
+use leases::{Judgement, LeaseCache, LeaseView};
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tidegate_proto::{now_ms, AppCode, MsgType};
 
 /// Bound on one TCP connect attempt.
@@ -147,6 +149,9 @@ const GATE_FORGET_MS: u64 = 3_600_000;
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
+    /// The gate leases as last read (`leases.rs`): most presence reads skip
+    /// re-reading them.
+    leases: Arc<LeaseCache>,
     add_session: Script,
     remove_session: Script,
     renew_gate: Script,
@@ -162,6 +167,7 @@ impl RedisStore {
         let conn = Conn::connect(url).await?;
         Ok(RedisStore {
             conn,
+            leases: Arc::default(),
             add_session: Script::new(ADD_SESSION),
             remove_session: Script::new(REMOVE_SESSION),
             renew_gate: Script::new(RENEW_GATE),
@@ -258,15 +264,14 @@ impl Store for RedisStore {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut cmds = Vec::with_capacity(uids.len() + 1);
-        let mut live = redis::cmd("ZRANGEBYSCORE");
-        live.arg(GATES_KEY)
-            .arg(format!("({}", now_ms()))
-            .arg("+inf");
-        cmds.push(live);
-        let mut incarnations = redis::cmd("HGETALL");
-        incarnations.arg(INCARNATIONS_KEY);
-        cmds.push(incarnations);
+        // With a fresh view of the leases, one pipeline of presence reads;
+        // without, the leases are read in the same round trip.
+        let cached = self.leases.fresh();
+        let mut cmds = Vec::with_capacity(uids.len() + 2);
+        let read_at = Instant::now();
+        if cached.is_none() {
+            cmds.extend(lease_reads());
+        }
         let keys: Vec<String> = uids.iter().map(|u| presence_key(app, u)).collect();
         for key in &keys {
             let mut c = redis::cmd("HGETALL");
@@ -274,39 +279,45 @@ impl Store for RedisStore {
             cmds.push(c);
         }
         let mut replies = bounded(self.conn.query_many(cmds)).await?.into_iter();
-        let live: Vec<String> = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
-            .map_err(|e| StoreError::Corrupt(format!("{GATES_KEY}: {e}")))?;
-        let incarnations = hash_pairs(INCARNATIONS_KEY, replies.next().unwrap_or(Value::Nil))?;
-        let mut current: HashMap<String, u64> = incarnations
-            .into_iter()
-            .filter_map(|(g, i)| {
-                let inc = std::str::from_utf8(&i).ok()?.parse().ok()?;
-                Some((String::from_utf8(g).ok()?, inc))
-            })
-            .collect();
-        // A live gate with no recorded incarnation was renewed by an older
-        // logic: incarnation 0, like the sessions that older logic wrote.
-        let live: HashMap<String, u64> = live
-            .into_iter()
-            .map(|g| {
-                let inc = current.remove(&g).unwrap_or(0);
-                (g, inc)
-            })
-            .collect();
+        let (mut view, mut fresh) = match cached {
+            Some(view) => (view, false),
+            None => {
+                let view = Arc::new(parse_leases(&mut replies)?);
+                self.leases.keep(read_at, view.clone());
+                (view, true)
+            }
+        };
+        let mut all = Vec::with_capacity(uids.len());
+        for (key, reply) in keys.iter().zip(replies) {
+            let sessions = hash_pairs(key, reply)?
+                .into_iter()
+                .map(|(_, value)| parse_session(key, &value))
+                .collect::<Result<Vec<_>, _>>()?;
+            all.push(sessions);
+        }
+        let now = now_ms();
+        let not_live = |view: &LeaseView, s: &SessionRecord| {
+            view.judge(&s.gate_id, s.incarnation, now) == Judgement::NotLive
+        };
+        if !fresh && all.iter().flatten().any(|s| not_live(&view, s)) {
+            // The view cannot call a session dead: read the leases now.
+            let read_at = Instant::now();
+            let mut replies = bounded(self.conn.query_many(lease_reads().to_vec()))
+                .await?
+                .into_iter();
+            view = Arc::new(parse_leases(&mut replies)?);
+            self.leases.keep(read_at, view.clone());
+            fresh = true;
+        }
         let mut out = Vec::with_capacity(uids.len());
         let mut dead = Vec::new();
-        for ((key, uid), reply) in keys.iter().zip(uids).zip(replies) {
-            let mut sessions = Vec::new();
-            for (_, value) in hash_pairs(key, reply)? {
-                let s = parse_session(key, &value)?;
-                if session_is_live(&s, &live) {
-                    sessions.push(s);
-                } else {
-                    dead.push((uid.clone(), s.key(), s.epoch));
-                }
-            }
-            sessions.sort_by_key(|s| s.epoch);
-            out.push(sessions);
+        for (uid, sessions) in uids.iter().zip(all) {
+            let (mut live, gone): (Vec<_>, Vec<_>) =
+                sessions.into_iter().partition(|s| !not_live(&view, s));
+            debug_assert!(fresh || gone.is_empty());
+            dead.extend(gone.into_iter().map(|s| (uid.clone(), s.key(), s.epoch)));
+            live.sort_by_key(|s| s.epoch);
+            out.push(live);
         }
         self.clean_lazily(app, dead);
         Ok(out)
@@ -335,6 +346,7 @@ impl Store for RedisStore {
             .arg(status.incarnation.to_string())
             .arg(now.saturating_sub(GATE_FORGET_MS));
         let _: i64 = bounded(call.invoke_async(&mut conn)).await?;
+        self.leases.renewed(&status.gate_id, status.incarnation);
         Ok(())
     }
 
@@ -596,6 +608,35 @@ fn reach_field(app: AppCode, msgtype: MsgType, stage: &str) -> String {
 
 /// Commands [`RedisStore::store_offline`] pipelines per user.
 const INBOX_STORE_CMDS: usize = 4;
+
+/// The two reads of a [`LeaseView`]: live gates with their lease ends, and
+/// every gate's current incarnation (one cluster slot: [`INCARNATIONS_KEY`]).
+fn lease_reads() -> [redis::Cmd; 2] {
+    let mut live = redis::cmd("ZRANGEBYSCORE");
+    live.arg(GATES_KEY)
+        .arg(format!("({}", now_ms()))
+        .arg("+inf")
+        .arg("WITHSCORES");
+    let mut incarnations = redis::cmd("HGETALL");
+    incarnations.arg(INCARNATIONS_KEY);
+    [live, incarnations]
+}
+
+/// Reads the replies of [`lease_reads`] off the front of `replies`.
+fn parse_leases(replies: &mut impl Iterator<Item = Value>) -> Result<LeaseView, StoreError> {
+    let live: Vec<(String, f64)> = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
+        .map_err(|e| StoreError::Corrupt(format!("{GATES_KEY}: {e}")))?;
+    let incarnations = hash_pairs(INCARNATIONS_KEY, replies.next().unwrap_or(Value::Nil))?
+        .into_iter()
+        .filter_map(|(g, i)| {
+            let inc = std::str::from_utf8(&i).ok()?.parse().ok()?;
+            Some((String::from_utf8(g).ok()?, inc))
+        })
+        .collect();
+    // Scores are the lease ends in ms, written as integers.
+    let gates = live.into_iter().map(|(g, ends)| (g, ends as u64));
+    Ok(LeaseView::new(gates, incarnations))
+}
 
 /// Runs one Redis call under [`OP_TIMEOUT`], mapping its error.
 async fn bounded<T>(fut: impl Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {

@@ -96,3 +96,93 @@ async fn redis_server_death_is_unavailable_then_recovers() {
         .unwrap();
     assert_eq!(store.sessions(APP, "gus").await.unwrap(), vec![rec]);
 }
+
+/// Redis only: each logic instance keeps the gate leases it last read for a
+/// moment (`store/redis/leases.rs`). Two instances on one server: what one
+/// does to the leases never makes the other read a live session as
+/// offline, and never keeps an ended lease's sessions online.
+#[tokio::test]
+async fn redis_lease_views_never_hide_a_live_session_nor_keep_an_ended_lease() {
+    let server = RedisServer::start();
+    let reader: Arc<dyn Store> = Arc::new(RedisStore::connect(&server.url()).await.unwrap());
+    let writer: Arc<dyn Store> = Arc::new(RedisStore::connect(&server.url()).await.unwrap());
+    lease_test_gates(&*writer).await;
+    let on_g = writer
+        .add_session_multi(APP, "hal", login(key("g", 0, 1), "d"))
+        .await
+        .unwrap();
+    // The reader's view now knows the test gates only.
+    assert_eq!(
+        reader.sessions(APP, "hal").await.unwrap(),
+        vec![on_g.clone()]
+    );
+
+    // A gate the view has never seen comes up (through the other instance)
+    // and a session logs in on it: online at once for the reader.
+    writer
+        .renew_gate(&status("fresh", 0, 1), 600_000)
+        .await
+        .unwrap();
+    let on_fresh = writer
+        .add_session_multi(APP, "hal", login(key("fresh", 0, 2), "d2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        reader.sessions(APP, "hal").await.unwrap(),
+        vec![on_g.clone(), on_fresh.clone()]
+    );
+
+    // A short lease the reader has viewed ends: offline at once after its
+    // end, though the view is younger than its age.
+    writer
+        .renew_gate(&status("brief", 0, 1), 150)
+        .await
+        .unwrap();
+    let on_brief = writer
+        .add_session_multi(APP, "ida", login(key("brief", 0, 3), "d"))
+        .await
+        .unwrap();
+    assert_eq!(reader.sessions(APP, "ida").await.unwrap(), vec![on_brief]);
+    tokio::time::sleep(Duration::from_millis(160)).await;
+    assert!(reader.sessions(APP, "ida").await.unwrap().is_empty());
+
+    // A gate restarts under the same id, renewed through the other
+    // instance: its new incarnation's sessions are online for the reader
+    // at once, and the old one's are offline once the view is past its age.
+    writer
+        .renew_gate(
+            &GateShardStatus {
+                incarnation: INC + 1,
+                ..status("fresh", 0, 1)
+            },
+            600_000,
+        )
+        .await
+        .unwrap();
+    let reborn = writer
+        .add_session_multi(
+            APP,
+            "jay",
+            NewSession {
+                incarnation: INC + 1,
+                ..login(key("fresh", 0, 2), "d")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(reader.sessions(APP, "jay").await.unwrap(), vec![reborn]);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(reader.sessions(APP, "hal").await.unwrap(), vec![on_g]);
+    // Renewed through the reader itself, a restart drops its view at once.
+    reader
+        .renew_gate(
+            &GateShardStatus {
+                incarnation: INC + 2,
+                ..status("fresh", 0, 1)
+            },
+            600_000,
+        )
+        .await
+        .unwrap();
+    assert!(reader.sessions(APP, "jay").await.unwrap().is_empty());
+}
