@@ -33,6 +33,16 @@ use tidegate_proto::ConnId;
 
 /// Parked connections written or closed per turn of the parking task.
 const DUE_PER_TURN: usize = 1024;
+/// Connections a sweep asks to park per turn of the parking task. Each
+/// request wakes the connection's task, which parks (a few syscalls and a
+/// task torn down): a sweep that woke a thousand at once held the shard for
+/// ~20 ms, which every delivery queued behind them waited out (measured:
+/// the p99 of pushes at 10,000/s went from 2.0 to 3.0 ms with parking on).
+/// In small batches with a pause between, the shard's other tasks run in
+/// between; a sweep still asks ~30,000 per second.
+const PARK_REQUESTS_PER_TURN: usize = 32;
+/// The pause between two batches of park requests.
+const PARK_BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A shard's parked connections.
 pub struct Parking {
@@ -41,6 +51,9 @@ pub struct Parking {
     ready: RefCell<Option<UnixStream>>,
     /// Parked connections with frames to write or a close to carry out.
     due: RefCell<Vec<ConnId>>,
+    /// Quiet connections the last sweep found, to be asked to park a few at
+    /// a time ([`PARK_REQUESTS_PER_TURN`]).
+    to_park: RefCell<Vec<ConnId>>,
     /// Wakes the parking task for `due`.
     work: Signal,
     next_sweep: Cell<Tick>,
@@ -96,6 +109,7 @@ impl Parking {
             set,
             ready: RefCell::new(Some(ready)),
             due: RefCell::new(Vec::new()),
+            to_park: RefCell::new(Vec::new()),
             work: Signal::default(),
             next_sweep: Cell::new(0),
             parks_since_collect: Cell::new(0),
@@ -147,16 +161,44 @@ impl Shard {
             return;
         }
         p.next_sweep.set(now + self.cfg.park_idle_s);
+        let mut to_park = p.to_park.borrow_mut();
+        // Whatever the last sweep listed and was not asked yet is listed again.
+        to_park.clear();
         for conn in self.table.borrow().iter() {
             match conn.activity.get() {
                 Activity::Busy => conn.activity.set(Activity::Quiet),
                 Activity::Quiet if conn.session.borrow().is_active() && !conn.is_parked() => {
-                    conn.activity.set(Activity::ParkRequested);
-                    conn.wake.notify();
+                    to_park.push(conn.session.borrow().conn_id());
                 }
                 _ => {}
             }
         }
+        if !to_park.is_empty() {
+            p.work.notify();
+        }
+    }
+
+    /// Asks up to [`PARK_REQUESTS_PER_TURN`] of the connections the sweep
+    /// listed to park, those still quiet; true if more are listed.
+    fn request_parks(&self) -> bool {
+        let Some(p) = &self.parking else {
+            return false;
+        };
+        let mut to_park = p.to_park.borrow_mut();
+        let from = to_park.len().saturating_sub(PARK_REQUESTS_PER_TURN);
+        for id in to_park.drain(from..) {
+            let Some(conn) = self.table.borrow().get(id).cloned() else {
+                continue;
+            };
+            // Read from since the sweep (Busy), parked or closed meanwhile:
+            // not asked.
+            let quiet = conn.activity.get() == Activity::Quiet;
+            if quiet && conn.session.borrow().is_active() && !conn.is_parked() {
+                conn.activity.set(Activity::ParkRequested);
+                conn.wake.notify();
+            }
+        }
+        !to_park.is_empty()
     }
 
     /// Called by a connection's task asked to park: hands its socket to the
@@ -407,6 +449,20 @@ pub async fn run(shard: Rc<Shard>) {
                     // A broadcast lists every parked connection: let the
                     // shard's other tasks (links, accepts) run in between.
                     futures_lite::future::yield_now().await;
+                }
+                while shard.request_parks() {
+                    // The asked connections' tasks park when they run. A
+                    // timer, not a yield, between batches: a yield only
+                    // lets tasks that are ready run, while the links'
+                    // receives complete only once the shard polls its ring,
+                    // which it does when it has nothing ready.
+                    glommio::timer::sleep(PARK_BATCH_PAUSE).await;
+                    if !p.due.borrow().is_empty() {
+                        // Deliveries to parked connections first.
+                        while shard.run_due(&mut scratch) {
+                            futures_lite::future::yield_now().await;
+                        }
+                    }
                 }
             }
             Err(e) => {
