@@ -33,6 +33,8 @@ pub fn configure_worker(cfg: &mut GatewayConfig, i: usize) {
     if let Some(id) = &cfg.gate_id {
         cfg.gate_id = Some(format!("{id}-w{i}"));
     }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cfg.first_cpu = i * if cfg.shards == 0 { cpus } else { cfg.shards };
     let port = cfg.admin_addr.port();
     if port != 0 {
         cfg.admin_addr.set_port(port + i as u16);
@@ -226,5 +228,24 @@ mod tests {
         configure_worker(&mut cfg, 2);
         assert_eq!(cfg.admin_addr.port(), 7092);
         assert_eq!(cfg.gate_id.as_deref(), Some("edge-w2"));
+    }
+
+    #[test]
+    fn workers_shards_start_on_the_cpus_after_the_previous_workers() {
+        let mut one = GatewayConfig {
+            shards: 1,
+            ..GatewayConfig::default()
+        };
+        configure_worker(&mut one, 3);
+        assert_eq!(
+            one.first_cpu, 3,
+            "single-shard workers take a CPU each in turn"
+        );
+        let mut two = GatewayConfig {
+            shards: 2,
+            ..GatewayConfig::default()
+        };
+        configure_worker(&mut two, 3);
+        assert_eq!(two.first_cpu, 6);
     }
 }

@@ -20,6 +20,12 @@ pub struct GatewayConfig {
     pub logic: Vec<LinkAddr>,
     /// Shards (executors); 0 = one per available CPU.
     pub shards: usize,
+    /// The CPU shard 0 is pinned to; shard i gets the i-th after it. Not a
+    /// config key: the worker supervisor gives worker w the CPUs after
+    /// worker w-1's, so K single-shard workers spread over every core
+    /// instead of all landing on CPU 0.
+    #[serde(skip)]
+    pub first_cpu: usize,
     /// Largest accepted frame body in bytes.
     pub max_body: u32,
     /// Seconds a new connection has to log in.
@@ -160,6 +166,7 @@ impl Default for GatewayConfig {
             admin_addr: "127.0.0.1:7090".parse().expect("literal"),
             logic: vec![LinkAddr::Tcp("127.0.0.1:7100".parse().expect("literal"))],
             shards: 0,
+            first_cpu: 0,
             max_body: tidegate_proto::DEFAULT_MAX_BODY,
             auth_timeout_s: 10,
             keepalive_s: 30,

@@ -89,7 +89,8 @@ impl Gateway {
             shard_cfg.shards = shards;
             let gate = gate_id.clone();
             let (guard, draining, fds) = (guard.clone(), draining.clone(), fds.clone());
-            let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
+            let cpu = (cfg.first_cpu + id) % cpus;
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("gate-shard-{id}"))
                 .io_memory(cfg.io_memory_kib * 1024)
                 .ring_depth(cfg.ring_depth)

@@ -24,6 +24,12 @@ pub enum Phase {
     },
     /// Logged in.
     Active(Active),
+    /// The auth timeout passed first; the connection is closing. A login
+    /// logic accepts now is undone, never activated.
+    TimedOut {
+        /// The app of the login that was at logic, if any.
+        appcode: AppCode,
+    },
 }
 
 /// A logged-in session's identity.
@@ -160,6 +166,11 @@ impl Session {
         }
         match (h.cmd, &self.phase) {
             (Cmd::Keepalive, _) => Effects::reply(Frame::empty(h.reply()).to_bytes()),
+            (_, Phase::TimedOut { .. }) => error_reply(
+                h,
+                ErrorCode::AuthTimeout,
+                "no LOGIN within the auth timeout",
+            ),
             (Cmd::Login, Phase::AwaitingLogin) => self.login(frame, ctx),
             (Cmd::Login, _) => error_reply(h, ErrorCode::AlreadyLoggedIn, "already logged in"),
             (Cmd::C2s, Phase::Active(a)) => {
@@ -235,9 +246,42 @@ impl Session {
         Effects::logic(link_frame(Cmd::LinkLogin, h, h.appcode, &fwd))
     }
 
+    /// The auth deadline passed before a login completed: answers
+    /// AUTH_TIMEOUT and closes. A login still at logic is undone when its
+    /// reply comes (see [`Phase::TimedOut`]).
+    pub fn on_auth_timeout(&mut self) -> Effects {
+        let h = match self.phase {
+            Phase::LoggingIn { seq, appcode } => Header::new(Cmd::Login, appcode, seq),
+            _ => Header::new(Cmd::Login, AppCode(0), 0),
+        };
+        self.phase = Phase::TimedOut { appcode: h.appcode };
+        Effects {
+            reply: Some(error_frame(
+                &h,
+                ErrorCode::AuthTimeout,
+                "no LOGIN within the auth timeout",
+            )),
+            close: Some(CloseReason::AuthTimeout),
+            ..Effects::default()
+        }
+    }
+
     /// Handles logic's verdict on this session's LOGIN. A reply that arrives
-    /// when the session is not logging in (a duplicate) is ignored.
+    /// when the session is not logging in (a duplicate) is ignored; one that
+    /// accepts a login the auth timeout already gave up on is undone.
     pub fn on_login_reply(&mut self, reply: pb::LinkLoginReply, ctx: Ctx<'_>) -> Effects {
+        if let Phase::TimedOut { appcode } = self.phase {
+            let Some(pb::link_login_reply::Result::Accepted(ok)) = reply.result else {
+                return Effects::default();
+            };
+            let notice = pb::LinkSessionClosed {
+                conn: self.conn.to_u64(),
+                uid: ok.uid,
+                epoch: ok.epoch,
+            };
+            let header = Header::new(Cmd::LinkSessionClosed, appcode, 0);
+            return Effects::logic(Frame::encode_msg_to_bytes(header, &notice));
+        }
         let Phase::LoggingIn { seq, appcode } = self.phase else {
             return Effects::default();
         };
@@ -414,6 +458,76 @@ mod tests {
             std::mem::size_of::<Session>() <= 56,
             "{}",
             std::mem::size_of::<Session>()
+        );
+    }
+
+    fn accepted(uid: &str, epoch: u64) -> pb::LinkLoginReply {
+        pb::LinkLoginReply {
+            conn: conn().to_u64(),
+            result: Some(pb::link_login_reply::Result::Accepted(pb::LoginAccepted {
+                uid: uid.into(),
+                epoch,
+                keepalive_s: 30,
+            })),
+        }
+    }
+
+    #[test]
+    fn a_login_accepted_after_the_auth_timeout_is_undone_not_activated() {
+        let mut s = Session::new(conn(), 5);
+        s.handle_in(&login_frame(7), CTX);
+        let fx = s.on_auth_timeout();
+        assert_eq!(fx.close, Some(CloseReason::AuthTimeout));
+        let err = parse(&fx.reply.unwrap());
+        assert_eq!(
+            err.header.seq, 7,
+            "the error answers the LOGIN that was pending"
+        );
+        assert_eq!(
+            err.decode_body::<pb::Error>().unwrap().code,
+            ErrorCode::AuthTimeout.code()
+        );
+        // logic's verdict arrives while the connection is closing
+        let fx = s.on_login_reply(accepted("alice", 4), CTX);
+        assert!(
+            !s.is_active(),
+            "a timed-out connection never becomes active"
+        );
+        assert!(
+            fx.reply.is_none(),
+            "no LoginOk after the AUTH_TIMEOUT error"
+        );
+        let undo = parse(&fx.to_logic.expect("presence undone"));
+        assert_eq!(undo.header.cmd, Cmd::LinkSessionClosed);
+        assert_eq!(undo.header.appcode, AppCode(1));
+        let body: pb::LinkSessionClosed = undo.decode_body().unwrap();
+        assert_eq!((body.uid.as_str(), body.epoch), ("alice", 4));
+        assert!(
+            s.closed_notice().is_none(),
+            "closing does not tell logic twice"
+        );
+    }
+
+    #[test]
+    fn a_rejection_after_the_auth_timeout_needs_nothing() {
+        let mut s = Session::new(conn(), 5);
+        s.handle_in(&login_frame(2), CTX);
+        s.on_auth_timeout();
+        let rejected = pb::LinkLoginReply {
+            conn: conn().to_u64(),
+            result: Some(pb::link_login_reply::Result::Rejected(pb::Error {
+                code: ErrorCode::AuthFailed.code(),
+                message: "no".into(),
+            })),
+        };
+        let fx = s.on_login_reply(rejected, CTX);
+        assert!(fx.reply.is_none() && fx.to_logic.is_none() && fx.close.is_none());
+        // and frames racing the close are refused, not forwarded
+        let fx = s.handle_in(&login_frame(3), CTX);
+        assert!(fx.to_logic.is_none());
+        assert_eq!(
+            error_code(&fx.reply.unwrap()),
+            ErrorCode::AuthTimeout.code()
         );
     }
 

@@ -620,17 +620,9 @@ impl Shard {
                     CloseReason::IdleTimeout,
                 );
             } else {
-                let h = Header::new(Cmd::Login, AppCode(0), 0);
-                self.enqueue(
-                    &conn,
-                    error_frame(
-                        &h,
-                        ErrorCode::AuthTimeout,
-                        "no LOGIN within the auth timeout",
-                    ),
-                );
+                let fx = conn.session.borrow_mut().on_auth_timeout();
                 metrics::error_sent(ErrorCode::AuthTimeout.name());
-                self.close(&conn, CloseReason::AuthTimeout);
+                self.apply(&conn, fx, None);
             }
         }
     }
