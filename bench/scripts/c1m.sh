@@ -16,6 +16,8 @@
 #       1000) targets, REQUESTS of them (default: every client named 5 times)
 #   HOLDER_IO=epoll bench/scripts/c1m.sh ...    bench receivers woken by readiness (default uring)
 #   SHARDS=2 bench/scripts/c1m.sh ...           shards per gateway worker (default 1)
+#   PIN_SHARDS=true bench/scripts/c1m.sh ...    pin each worker's shards to CPUs in turn
+#       (gateway.pin_shards; default false here: the kernel places them)
 set -euo pipefail
 N=${1:-1000000}
 OUT=${2:-bench/results/c1m-$N.json}
@@ -57,6 +59,9 @@ ring_depth = ${RING_DEPTH:-4096}
 # One shard per worker process: dozens of workers already spread the load
 # over both cores, and every extra shard is another thread to schedule.
 shards = ${SHARDS:-1}
+# Dozens of workers on two cores: pinned, they split the cores statically
+# (worker w on CPU w mod 2) whatever else runs there; PIN_SHARDS=true for that.
+pin_shards = ${PIN_SHARDS:-false}
 
 [logic]
 link_addr = "127.0.0.1:$LINK_PORT"

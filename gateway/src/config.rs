@@ -20,6 +20,10 @@ pub struct GatewayConfig {
     pub logic: Vec<LinkAddr>,
     /// Shards (executors); 0 = one per available CPU.
     pub shards: usize,
+    /// Pin each shard's thread to one CPU (glommio's thread-per-core; see
+    /// `first_cpu`). Off: the kernel places and moves them, which suits
+    /// more gateway workers than cores sharing them with other processes.
+    pub pin_shards: bool,
     /// The CPU shard 0 is pinned to; shard i gets the i-th after it. Not a
     /// config key: the worker supervisor gives worker w the CPUs after
     /// worker w-1's, so K single-shard workers spread over every core
@@ -166,6 +170,7 @@ impl Default for GatewayConfig {
             admin_addr: "127.0.0.1:7090".parse().expect("literal"),
             logic: vec![LinkAddr::Tcp("127.0.0.1:7100".parse().expect("literal"))],
             shards: 0,
+            pin_shards: true,
             first_cpu: 0,
             max_body: tidegate_proto::DEFAULT_MAX_BODY,
             auth_timeout_s: 10,

@@ -89,8 +89,12 @@ impl Gateway {
             shard_cfg.shards = shards;
             let gate = gate_id.clone();
             let (guard, draining, fds) = (guard.clone(), draining.clone(), fds.clone());
-            let cpu = (cfg.first_cpu + id) % cpus;
-            let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            let placement = if cfg.pin_shards {
+                Placement::Fixed((cfg.first_cpu + id) % cpus)
+            } else {
+                Placement::Unbound
+            };
+            let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("gate-shard-{id}"))
                 .io_memory(cfg.io_memory_kib * 1024)
                 .ring_depth(cfg.ring_depth)
