@@ -185,6 +185,18 @@ async fn reach_counts_written_and_acked(tg: &Tidegate) {
             let (status, _) =
                 call(tg, "GET", "/v1/stats/reach?app=1&msgtype=9", APP2_KEY, None).await;
             assert_eq!(status, 403);
+            // The presence write and read behind this were timed.
+            let text = reqwest::get(tg.url("/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            for op in ["add_session", "sessions_many"] {
+                let label = format!("op=\"{op}\"");
+                let n = common::metric(&text, "tidegate_logic_store_seconds_count", &label);
+                assert!(n >= 1.0, "{op} not timed: {text}");
+            }
             return;
         }
         last = r;

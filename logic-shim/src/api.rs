@@ -6,6 +6,7 @@
 mod directory;
 mod push;
 
+use crate::store::timing::Op;
 use crate::store::{c2s_stream_key, StoreError, StreamId};
 use crate::Logic;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -253,7 +254,8 @@ async fn presence_handler(
         )));
     }
     let owned: Vec<String> = uids.iter().map(|u| u.to_string()).collect();
-    let all = logic.store.sessions_many(app, &owned).await?;
+    let read = logic.store.sessions_many(app, &owned);
+    let all = logic.store_timings.time(Op::SessionsMany, read).await?;
     let mut out = Vec::with_capacity(uids.len());
     for (uid, sessions) in uids.into_iter().zip(all) {
         out.push(UserPresence {

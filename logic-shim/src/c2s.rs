@@ -11,6 +11,7 @@
 //! call, at most 128 calls in flight over two gate shards, 28,717 frames/s;
 //! batched, 147,964.
 
+use crate::store::timing::Op;
 use crate::store::{C2sAppend, C2sEntry, StoreError};
 use crate::Logic;
 use bytes::{Bytes, BytesMut};
@@ -63,7 +64,10 @@ pub async fn ingest(
     let mut failed: Vec<Option<StoreError>> = if appends.is_empty() {
         Vec::new()
     } else {
-        let stored = logic.store.append_c2s_many(&appends).await;
+        let stored = logic
+            .store_timings
+            .time(Op::AppendC2sMany, logic.store.append_c2s_many(&appends))
+            .await;
         stored.into_iter().map(Result::err).collect()
     };
     let mut results: BTreeMap<&'static str, u64> = BTreeMap::new();

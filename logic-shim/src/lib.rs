@@ -43,6 +43,8 @@ pub struct Logic {
     apps: HashMap<u16, AppConfig>,
     /// Presence and persistence.
     pub store: Arc<dyn Store>,
+    /// Store latency per hot-path operation.
+    pub store_timings: store::timing::Timings,
     gates: Gates,
     /// This instance's id.
     pub logic_id: String,
@@ -125,6 +127,7 @@ impl LogicServer {
             webhooks,
             auth: Auth::new(&apps, cfg.jwt_leeway_s),
             apps: apps.into_iter().map(|a| (a.code, a)).collect(),
+            store_timings: store::timing::Timings::new(store.backend()),
             store,
             gates: Gates::default(),
             logic_id: cfg.logic_id(),

@@ -6,6 +6,7 @@
 
 use crate::auth::AuthError;
 use crate::gates::ShardAddr;
+use crate::store::timing::Op;
 use crate::store::{NewSession, SessionKey, SessionRecord};
 use crate::Logic;
 use tidegate_proto::{pb, AppCode, Cmd, ErrorCode, Frame, Header};
@@ -69,8 +70,11 @@ async fn try_login(
     };
     let policy = logic.app(app).map(|a| a.device_policy).unwrap_or_default();
     let outcome = logic
-        .store
-        .add_session(app, &claims.sub, new, policy)
+        .store_timings
+        .time(
+            Op::AddSession,
+            logic.store.add_session(app, &claims.sub, new, policy),
+        )
         .await
         .map_err(|e| {
             tracing::warn!("login: store: {e}");
@@ -119,11 +123,8 @@ pub async fn closed(logic: &Logic, gate: &ShardAddr, app: AppCode, msg: pb::Link
         shard: gate.shard,
         conn: msg.conn,
     };
-    match logic
-        .store
-        .remove_session(app, &msg.uid, &key, msg.epoch)
-        .await
-    {
+    let removal = logic.store.remove_session(app, &msg.uid, &key, msg.epoch);
+    match logic.store_timings.time(Op::RemoveSession, removal).await {
         Ok(removed) => {
             let result = if removed { "removed" } else { "stale" };
             metrics::counter!("tidegate_logic_session_closes_total", "result" => result)
@@ -142,7 +143,8 @@ pub async fn closed(logic: &Logic, gate: &ShardAddr, app: AppCode, msg: pb::Link
 /// case 2), fenced by its epoch so a newer login is never touched. A store
 /// failure is counted only: the next delivery to it reports it again.
 pub async fn drop_stale(logic: &Logic, app: AppCode, uid: &str, key: &SessionKey, epoch: u64) {
-    let result = match logic.store.remove_session(app, uid, key, epoch).await {
+    let removal = logic.store.remove_session(app, uid, key, epoch);
+    let result = match logic.store_timings.time(Op::RemoveSession, removal).await {
         Ok(true) => "removed",
         Ok(false) => "already_gone",
         Err(e) => {

@@ -8,6 +8,7 @@
 use crate::deliver::{self, OfflineCopy, Outgoing, Plan};
 use crate::gates::ShardAddr;
 use crate::reach::Stage;
+use crate::store::timing::Op;
 use crate::store::{InboxMessage, StoreError};
 use crate::Logic;
 use bytes::Bytes;
@@ -204,7 +205,10 @@ async fn to_users(
     let (app, msgtype) = (push.app, push.msgtype);
     let mut plan = Plan::default();
     for batch in uids.chunks(PRESENCE_BATCH) {
-        let found = logic.store.sessions_many(app, batch).await?;
+        let found = logic
+            .store_timings
+            .time(Op::SessionsMany, logic.store.sessions_many(app, batch))
+            .await?;
         for (uid, sessions) in batch.iter().zip(found) {
             plan.add_target(uid, sessions);
         }

@@ -5,6 +5,7 @@
 
 pub mod embedded;
 pub mod redis;
+pub mod timing;
 
 use async_trait::async_trait;
 use bytes::Bytes;
