@@ -235,17 +235,10 @@ fn lane_of(conn: u64) -> usize {
 /// The `conn` of a link body without decoding it: every per-connection link
 /// message has `conn` as field 1, which prost writes first. 0 if absent.
 fn peek_conn(body: &[u8]) -> u64 {
-    if body.first() != Some(&0x08) {
-        return 0;
+    match body.split_first() {
+        Some((&0x08, mut rest)) => prost::encoding::decode_varint(&mut rest).unwrap_or(0),
+        _ => 0,
     }
-    let mut v = 0u64;
-    for (i, b) in body[1..].iter().take(10).enumerate() {
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return v;
-        }
-    }
-    0
 }
 
 /// Handles one frame from a gate; returns the reply to send, if any.
