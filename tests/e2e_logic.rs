@@ -186,12 +186,7 @@ async fn reach_counts_written_and_acked(tg: &Tidegate) {
                 call(tg, "GET", "/v1/stats/reach?app=1&msgtype=9", APP2_KEY, None).await;
             assert_eq!(status, 403);
             // The presence write and read behind this were timed.
-            let text = reqwest::get(tg.url("/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = tg.logic_metrics().await;
             for op in ["add_session", "sessions_many"] {
                 let label = format!("op=\"{op}\"");
                 let n = common::metric(&text, "tidegate_logic_store_seconds_count", &label);

@@ -98,7 +98,7 @@ async fn a_push_to_a_session_the_gate_lost_goes_to_the_inbox_and_presence_is_cor
     })
     .await;
     until_missed(&tg, "stored").await;
-    let text = logic_metrics(&tg).await;
+    let text = tg.logic_metrics().await;
     let removed = metric(
         &text,
         "tidegate_logic_stale_sessions_total",
@@ -130,20 +130,11 @@ async fn a_push_to_a_session_the_gate_lost_goes_to_the_inbox_and_presence_is_cor
     assert!(dave.pull_offline("", 0).await.unwrap().messages.is_empty());
 }
 
-async fn logic_metrics(tg: &Tidegate) -> String {
-    reqwest::get(tg.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// Waits until logic has counted one missed push target with `outcome`.
 async fn until_missed(tg: &Tidegate, outcome: &str) {
     let label = format!("outcome=\"{outcome}\"");
     until(&format!("{outcome} counted"), || async {
-        let text = logic_metrics(tg).await;
+        let text = tg.logic_metrics().await;
         metric(&text, "tidegate_logic_push_missed_total", &label) == 1.0
     })
     .await;

@@ -85,12 +85,7 @@ c2s_webhook = {{ url = "{url}", batch_max = 100, batch_wait_ms = 20, retries = 3
 
     let page = get(&tg, "/v1/streams/c2s?app=1&msgtype=5").await;
     assert_eq!(page["entries"].as_array().map(Vec::len), Some(0), "{page}");
-    let text = reqwest::get(tg.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = tg.logic_metrics().await;
     let delivered = metric(&text, "tidegate_logic_webhook_delivered_total", "app=\"1\"");
     assert_eq!(delivered, 3.0, "{text}");
 }

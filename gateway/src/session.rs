@@ -433,15 +433,7 @@ mod tests {
     fn logged_in() -> Session {
         let mut s = Session::new(conn(), 5);
         s.handle_in(&login_frame(1), CTX);
-        let reply = pb::LinkLoginReply {
-            conn: conn().to_u64(),
-            result: Some(pb::link_login_reply::Result::Accepted(pb::LoginAccepted {
-                uid: "alice".into(),
-                epoch: 4,
-                keepalive_s: 30,
-            })),
-        };
-        let fx = s.on_login_reply(reply, CTX);
+        let fx = s.on_login_reply(accepted("alice", 4), CTX);
         assert_eq!(parse(&fx.reply.unwrap()).header.cmd, Cmd::Login);
         s
     }
@@ -468,6 +460,16 @@ mod tests {
                 uid: uid.into(),
                 epoch,
                 keepalive_s: 30,
+            })),
+        }
+    }
+
+    fn rejected(message: &str) -> pb::LinkLoginReply {
+        pb::LinkLoginReply {
+            conn: conn().to_u64(),
+            result: Some(pb::link_login_reply::Result::Rejected(pb::Error {
+                code: ErrorCode::AuthFailed.code(),
+                message: message.into(),
             })),
         }
     }
@@ -513,14 +515,7 @@ mod tests {
         let mut s = Session::new(conn(), 5);
         s.handle_in(&login_frame(2), CTX);
         s.on_auth_timeout();
-        let rejected = pb::LinkLoginReply {
-            conn: conn().to_u64(),
-            result: Some(pb::link_login_reply::Result::Rejected(pb::Error {
-                code: ErrorCode::AuthFailed.code(),
-                message: "no".into(),
-            })),
-        };
-        let fx = s.on_login_reply(rejected, CTX);
+        let fx = s.on_login_reply(rejected("no"), CTX);
         assert!(fx.reply.is_none() && fx.to_logic.is_none() && fx.close.is_none());
         // and frames racing the close are refused, not forwarded
         let fx = s.handle_in(&login_frame(3), CTX);
@@ -572,14 +567,7 @@ mod tests {
     fn rejected_login_returns_to_awaiting() {
         let mut s = Session::new(conn(), 5);
         s.handle_in(&login_frame(1), CTX);
-        let reply = pb::LinkLoginReply {
-            conn: conn().to_u64(),
-            result: Some(pb::link_login_reply::Result::Rejected(pb::Error {
-                code: ErrorCode::AuthFailed.code(),
-                message: "expired".into(),
-            })),
-        };
-        let fx = s.on_login_reply(reply, CTX);
+        let fx = s.on_login_reply(rejected("expired"), CTX);
         assert_eq!(error_code(&fx.reply.unwrap()), ErrorCode::AuthFailed.code());
         assert_eq!(s.phase(), &Phase::AwaitingLogin);
     }

@@ -120,6 +120,16 @@ impl Tidegate {
         wait_exit(&mut self.child, timeout)
     }
 
+    /// The logic shim's Prometheus text.
+    pub async fn logic_metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     /// The gateway's Prometheus text.
     pub async fn gateway_metrics(&self) -> String {
         reqwest::get(format!("http://{}/metrics", self.admin))
