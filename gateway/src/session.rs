@@ -274,13 +274,7 @@ impl Session {
             let Some(pb::link_login_reply::Result::Accepted(ok)) = reply.result else {
                 return Effects::default();
             };
-            let notice = pb::LinkSessionClosed {
-                conn: self.conn.to_u64(),
-                uid: ok.uid,
-                epoch: ok.epoch,
-            };
-            let header = Header::new(Cmd::LinkSessionClosed, appcode, 0);
-            return Effects::logic(Frame::encode_msg_to_bytes(header, &notice));
+            return Effects::logic(session_closed(appcode, self.conn, ok.uid, ok.epoch));
         }
         let Phase::LoggingIn { seq, appcode } = self.phase else {
             return Effects::default();
@@ -346,13 +340,12 @@ impl Session {
         let Phase::Active(a) = &self.phase else {
             return None;
         };
-        let notice = pb::LinkSessionClosed {
-            conn: self.conn.to_u64(),
-            uid: a.uid.to_string(),
-            epoch: a.epoch,
-        };
-        let header = Header::new(Cmd::LinkSessionClosed, a.appcode, 0);
-        Some(Frame::encode_msg_to_bytes(header, &notice))
+        Some(session_closed(
+            a.appcode,
+            self.conn,
+            a.uid.to_string(),
+            a.epoch,
+        ))
     }
 
     /// Drops the login after LOGOUT told logic, so closing the connection
@@ -365,6 +358,17 @@ impl Session {
     pub fn is_active(&self) -> bool {
         matches!(self.phase, Phase::Active(_))
     }
+}
+
+/// LINK_SESSION_CLOSED: logic removes this login from presence (fenced by
+/// its epoch, so a newer login of the same user is never touched).
+fn session_closed(appcode: AppCode, conn: ConnId, uid: String, epoch: u64) -> Bytes {
+    let notice = pb::LinkSessionClosed {
+        conn: conn.to_u64(),
+        uid,
+        epoch,
+    };
+    Frame::encode_msg_to_bytes(Header::new(Cmd::LinkSessionClosed, appcode, 0), &notice)
 }
 
 /// Encodes a link frame that carries a client request's msgtype and seq.
