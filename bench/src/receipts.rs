@@ -221,6 +221,12 @@ impl Tally {
         Ok(())
     }
 
+    /// Where [`Tally::timeline`]'s 0 ms lies on CLOCK_MONOTONIC, ns: the
+    /// start of the first window with receipts.
+    pub fn timeline_start_mono_ns(&self) -> Option<u64> {
+        self.timeline.first().map(|w| w.window * WINDOW_NS)
+    }
+
     /// The timeline for a report: the windows with receipts, timed from
     /// the first of them (a window with none is left out).
     pub fn timeline(&self) -> Vec<TimelinePoint> {

@@ -122,9 +122,9 @@ pub struct RateReport {
     /// Receipts, late ones (> 2 ms) and the worst latency per 100 ms of due
     /// time: a tail made of periodic stalls shows as a few bad windows.
     pub timeline: Vec<TimelinePoint>,
-    /// The schedule's start (timeline's 0 ms) on CLOCK_MONOTONIC, ns: to
-    /// line the timeline up with `perf record -k mono` or other traces.
-    pub clock_start_mono_ns: u64,
+    /// Where the timeline's 0 ms lies on CLOCK_MONOTONIC, ns (none without
+    /// receipts): to line it up with `perf record -k mono` or other traces.
+    pub timeline_start_mono_ns: Option<u64>,
     /// Due instant → HTTP response read.
     pub http_latency: Percentiles,
     /// Due instant → request start.
@@ -266,8 +266,6 @@ pub(super) async fn run(
     let schedule = Schedule::at_rate(load.rate, load.requests, start);
     // Due instants on the clock every bench process shares.
     let (epoch, epoch_ns) = (Instant::now(), mono_ns());
-    let clock_start_mono_ns = (epoch_ns + start.saturating_duration_since(epoch).as_nanos() as u64)
-        .saturating_sub(epoch.saturating_duration_since(start).as_nanos() as u64);
     let pacer = {
         let (shots, in_flight, not_sent) = (shots.clone(), in_flight.clone(), not_sent.clone());
         let (app, batch, connections, requests) =
@@ -361,7 +359,7 @@ pub(super) async fn run(
         delivered: tally.counts.iter().sum(),
         latency: tally.latency()?.percentiles(),
         timeline: tally.timeline(),
-        clock_start_mono_ns,
+        timeline_start_mono_ns: tally.timeline_start_mono_ns(),
         http_latency: http_latency.merged().percentiles(),
         sender_lag: lag.merged().percentiles(),
         late_starts: sent.late.load(Ordering::Relaxed),
