@@ -33,8 +33,7 @@ pub fn configure_worker(cfg: &mut GatewayConfig, i: usize) {
     if let Some(id) = &cfg.gate_id {
         cfg.gate_id = Some(format!("{id}-w{i}"));
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cfg.first_cpu = i * if cfg.shards == 0 { cpus } else { cfg.shards };
+    cfg.first_cpu = i * cfg.shard_count();
     let port = cfg.admin_addr.port();
     if port != 0 {
         cfg.admin_addr.set_port(port + i as u16);

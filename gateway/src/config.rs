@@ -219,6 +219,14 @@ fn check(ok: bool, key: &'static str, problem: impl FnOnce() -> String) -> Resul
 }
 
 impl GatewayConfig {
+    /// Shards to run: `shards`, or one per CPU this process may use when 0.
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// Rejects values that cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check(self.max_body >= 64, "gateway.max_body", || {

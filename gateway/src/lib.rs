@@ -63,7 +63,7 @@ impl Gateway {
     pub fn start(cfg: GatewayConfig, prom: PrometheusHandle) -> anyhow::Result<Gateway> {
         cfg.validate()?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let shards = if cfg.shards == 0 { cpus } else { cfg.shards };
+        let shards = cfg.shard_count();
         let gate_id = cfg.gate_id();
         let guard =
             Arc::new(Guard::new(cfg.guard.clone()).map_err(|e| anyhow::anyhow!("config: {e}"))?);

@@ -10,6 +10,10 @@ use crate::wheel::Tick;
 use bytes::Bytes;
 use tidegate_proto::{pb, AppCode, Cmd, ConnId, ErrorCode, Flags, Frame, Header};
 
+/// The AUTH_TIMEOUT error's text, to the timed-out LOGIN and to anything
+/// sent while the connection closes.
+const AUTH_TIMEOUT_MESSAGE: &str = "no LOGIN within the auth timeout";
+
 /// Where a session is in its life.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -166,11 +170,9 @@ impl Session {
         }
         match (h.cmd, &self.phase) {
             (Cmd::Keepalive, _) => Effects::reply(Frame::empty(h.reply()).to_bytes()),
-            (_, Phase::TimedOut { .. }) => error_reply(
-                h,
-                ErrorCode::AuthTimeout,
-                "no LOGIN within the auth timeout",
-            ),
+            (_, Phase::TimedOut { .. }) => {
+                error_reply(h, ErrorCode::AuthTimeout, AUTH_TIMEOUT_MESSAGE)
+            }
             (Cmd::Login, Phase::AwaitingLogin) => self.login(frame, ctx),
             (Cmd::Login, _) => error_reply(h, ErrorCode::AlreadyLoggedIn, "already logged in"),
             (Cmd::C2s, Phase::Active(a)) => {
@@ -259,7 +261,7 @@ impl Session {
             reply: Some(error_frame(
                 &h,
                 ErrorCode::AuthTimeout,
-                "no LOGIN within the auth timeout",
+                AUTH_TIMEOUT_MESSAGE,
             )),
             close: Some(CloseReason::AuthTimeout),
             ..Effects::default()
