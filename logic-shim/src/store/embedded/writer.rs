@@ -4,13 +4,15 @@
 
 use super::{
     inbox_expiry_of, node, reach_from_row, reach_to_row, session, storage, ReachRow, C2S, C2S_META,
-    EPOCHS, EPOCH_LAST, EPOCH_LAST_KEY, GATES, INBOX, INBOX_EXPIRY, INBOX_META, PRESENCE, REACH,
+    EPOCHS, EPOCH_CEILING_KEY, EPOCH_LAST, EPOCH_LAST_KEY, GATES, INBOX, INBOX_EXPIRY, INBOX_META,
+    PRESENCE, REACH,
 };
 use crate::store::{
     DevicePolicy, LoginOutcome, NewSession, ReachCounts, ReachDelta, SessionRecord, StoreError,
     StreamId,
 };
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
+use std::time::{Duration, Instant};
 use tidegate_proto::now_ms;
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,6 +23,14 @@ pub(super) const MAX_BATCH: usize = 1024;
 /// skip expired messages anyway, so sweeping only reclaims space.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 const SWEEP_MAX: usize = 10_000;
+/// The longest soft state (presence, gate leases, reach counters) waits in
+/// non-durable commits for the next fsync: what a crash can roll back, the
+/// same bound as Redis's `appendfsync everysec`, a fifth of it.
+pub(super) const SOFT_SYNC_EVERY: Duration = Duration::from_millis(200);
+/// Epochs reserved by each durable raise of the epoch ceiling: logins hand
+/// out epochs below the ceiling from non-durable commits, and one in 65,536
+/// forces an fsync.
+const EPOCH_RESERVE: u64 = 1 << 16;
 
 /// One write, as queued for the writer thread.
 pub(super) struct Job {
@@ -65,6 +75,22 @@ pub(super) enum Op {
     AddReach(Vec<ReachDelta>),
 }
 
+impl Op {
+    /// Whether this write may wait up to [`SOFT_SYNC_EVERY`] for its fsync.
+    /// Presence, leases and counters are rebuilt by logins, heartbeats and
+    /// traffic; messages (c2s appends, offline inboxes and their acks) are
+    /// what a caller was told is kept, so their commit is durable.
+    fn is_soft(&self) -> bool {
+        match self {
+            Op::AddSession { .. }
+            | Op::RenewGate { .. }
+            | Op::RemoveSession { .. }
+            | Op::AddReach(_) => true,
+            Op::AppendC2s(_) | Op::StoreOffline { .. } | Op::AckOffline { .. } => false,
+        }
+    }
+}
+
 /// One c2s stream append.
 pub(super) struct C2sRow {
     pub(super) stream: String,
@@ -84,39 +110,69 @@ pub(super) enum Done {
     Counted,
 }
 
-/// Creates any missing table, in one committed transaction.
+/// Creates any missing table, in one committed transaction, and starts the
+/// epoch counter above every epoch handed out before (see [`EPOCH_RESERVE`]).
 pub(super) fn create_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(storage)?;
     {
         let mut tables = Tables::open(&txn)?;
-        if tables
-            .epoch_last
-            .get(EPOCH_LAST_KEY)
-            .map_err(storage)?
-            .is_none()
-        {
-            // A new file, or one from before the store-wide counter: start
-            // above every per-user epoch it holds.
-            let legacy = txn.open_table(EPOCHS).map_err(storage)?;
-            let mut last = 0;
-            for row in legacy.iter().map_err(storage)? {
-                last = last.max(row.map_err(storage)?.1.value());
+        let last = match tables.epoch_last.get(EPOCH_LAST_KEY).map_err(storage)? {
+            Some(last) => last.value(),
+            None => {
+                // A new file, or one from before the store-wide counter:
+                // start above every per-user epoch it holds.
+                let legacy = txn.open_table(EPOCHS).map_err(storage)?;
+                let mut last = 0;
+                for row in legacy.iter().map_err(storage)? {
+                    last = last.max(row.map_err(storage)?.1.value());
+                }
+                last
             }
-            tables
-                .epoch_last
-                .insert(EPOCH_LAST_KEY, last)
-                .map_err(storage)?;
+        };
+        // The counter may have rolled back with a crash below epochs that
+        // non-durable commits handed out; the ceiling is durable and above
+        // all of them. A file from before the ceiling has none to skip.
+        let ceiling = tables
+            .epoch_last
+            .get(EPOCH_CEILING_KEY)
+            .map_err(storage)?
+            .map_or(last, |c| c.value());
+        let start = last.max(ceiling);
+        for key in [EPOCH_LAST_KEY, EPOCH_CEILING_KEY] {
+            tables.epoch_last.insert(key, start).map_err(storage)?;
         }
     }
     txn.commit().map_err(storage)
 }
 
-/// The writer thread: one blocking receive, then drain the queue, then one
-/// commit for the whole batch (the rumqttd router's pattern, STYLE §6).
-pub(super) fn run_writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
+/// The writer thread: one receive, then drain the queue, then one commit
+/// for the whole batch (the rumqttd router's pattern, STYLE §6). `clock` is
+/// a current-thread runtime with timers, so an idle writer can wake to fsync
+/// soft state that is still waiting.
+pub(super) fn run_writer(
+    db: &Database,
+    clock: &tokio::runtime::Runtime,
+    mut rx: mpsc::Receiver<Job>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut last_sweep = std::time::Instant::now();
-    while let Some(job) = rx.blocking_recv() {
+    let mut last_sweep = Instant::now();
+    // When the oldest commit not yet fsynced was made.
+    let mut unsynced: Option<Instant> = None;
+    loop {
+        let received = match unsynced {
+            None => clock.block_on(rx.recv()),
+            Some(since) => {
+                let due = tokio::time::Instant::from_std(since + SOFT_SYNC_EVERY);
+                match clock.block_on(async { tokio::time::timeout_at(due, rx.recv()).await }) {
+                    Ok(received) => received,
+                    Err(_idle) => {
+                        unsynced = sync(db).err().map(|()| Instant::now());
+                        continue;
+                    }
+                }
+            }
+        };
+        let Some(job) = received else { break };
         batch.push(job);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -126,22 +182,77 @@ pub(super) fn run_writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
         }
         let sweep = last_sweep.elapsed() >= SWEEP_EVERY;
         if sweep {
-            last_sweep = std::time::Instant::now();
+            last_sweep = Instant::now();
         }
-        commit_batch(db, &mut batch, sweep);
+        let sync_due = unsynced.is_some_and(|since| since.elapsed() >= SOFT_SYNC_EVERY);
+        match commit_batch(db, &mut batch, sweep, sync_due) {
+            Some(Committed::Durable) => unsynced = None,
+            Some(Committed::Soft) => {
+                unsynced.get_or_insert_with(Instant::now);
+            }
+            None => {}
+        }
+    }
+    // The queue closed (the store is dropping): nothing may stay unsynced.
+    if unsynced.is_some() {
+        let _ = sync(db);
+    }
+}
+
+/// How a batch was committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Committed {
+    /// fsynced before `commit` returned, with every commit before it.
+    Durable,
+    /// Visible to readers, on disk at the next durable commit.
+    Soft,
+}
+
+impl Committed {
+    fn label(self) -> &'static str {
+        match self {
+            Committed::Durable => "immediate",
+            Committed::Soft => "none",
+        }
+    }
+}
+
+/// Makes every non-durable commit durable: an empty durable commit.
+fn sync(db: &Database) -> Result<(), ()> {
+    let result = db
+        .begin_write()
+        .map_err(redb::Error::from)
+        .and_then(|txn| txn.commit().map_err(redb::Error::from));
+    match result {
+        Ok(()) => {
+            let durable = Committed::Durable.label();
+            metrics::counter!("tidegate_logic_store_commits_total", "durability" => durable)
+                .increment(1);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!("embedded store: fsync of soft state failed: {e}");
+            Err(())
+        }
     }
 }
 
 /// Applies and commits `batch`, then answers every job. An op that is
 /// refused (it checks before it writes) fails alone; a storage failure fails
 /// the whole batch, since redb poisons a transaction that failed part way.
-/// No job is answered before the commit that holds it returned.
-fn commit_batch(db: &Database, batch: &mut Vec<Job>, sweep: bool) {
+/// No job is answered before the commit that holds it returned. The commit
+/// is durable unless every op is soft and neither `sync_due` nor an epoch
+/// ceiling raise asks for one; returns which it was, `None` if it failed.
+fn commit_batch(
+    db: &Database,
+    batch: &mut Vec<Job>,
+    sweep: bool,
+    sync_due: bool,
+) -> Option<Committed> {
     let result = (|| {
         let mut txn = db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::Immediate).map_err(storage)?;
         let mut done = Vec::with_capacity(batch.len());
-        {
+        let ceiling_raised = {
             let mut tables = Tables::open(&txn)?;
             for job in batch.iter() {
                 done.push(tables.apply(&job.op).map_err(storage)?);
@@ -150,15 +261,25 @@ fn commit_batch(db: &Database, batch: &mut Vec<Job>, sweep: bool) {
                 let swept = tables.sweep_expired(now_ms()).map_err(storage)?;
                 metrics::counter!("tidegate_logic_offline_expired_total").increment(swept);
             }
-        }
+            tables.ceiling_raised
+        };
+        let committed = if sync_due || ceiling_raised || batch.iter().any(|job| !job.op.is_soft()) {
+            Committed::Durable
+        } else {
+            txn.set_durability(Durability::None).map_err(storage)?;
+            Committed::Soft
+        };
         txn.commit().map_err(storage)?;
-        Ok::<_, StoreError>(done)
+        Ok::<_, StoreError>((done, committed))
     })();
     match result {
-        Ok(done) => {
+        Ok((done, committed)) => {
+            metrics::counter!("tidegate_logic_store_commits_total", "durability" => committed.label())
+                .increment(1);
             for (job, done) in batch.drain(..).zip(done) {
                 let _ = job.reply.send(done);
             }
+            Some(committed)
         }
         Err(e) => {
             tracing::warn!(
@@ -171,6 +292,7 @@ fn commit_batch(db: &Database, batch: &mut Vec<Job>, sweep: bool) {
                     .reply
                     .send(Err(StoreError::Unavailable(message.clone())));
             }
+            None
         }
     }
 }
@@ -186,6 +308,9 @@ struct Tables<'txn> {
     inbox_meta: redb::Table<'txn, (u16, &'static str), (u64, u64, u64)>,
     inbox_expiry: redb::Table<'txn, (u64, u16, &'static str, u64, u64), ()>,
     reach: redb::Table<'txn, (u16, u16), ReachRow>,
+    /// A login in this transaction raised the durable epoch ceiling, so
+    /// its commit must be durable.
+    ceiling_raised: bool,
 }
 
 impl<'txn> Tables<'txn> {
@@ -200,6 +325,7 @@ impl<'txn> Tables<'txn> {
             inbox_meta: txn.open_table(INBOX_META).map_err(storage)?,
             inbox_expiry: txn.open_table(INBOX_EXPIRY).map_err(storage)?,
             reach: txn.open_table(REACH).map_err(storage)?,
+            ceiling_raised: false,
         })
     }
 
@@ -378,6 +504,15 @@ impl<'txn> Tables<'txn> {
             let why = format!("the store's epoch counter is at u64::MAX (login of {app}:{uid})");
             return Ok(Err(StoreError::Corrupt(why)));
         };
+        let ceiling = self
+            .epoch_last
+            .get(EPOCH_CEILING_KEY)?
+            .map_or(0, |g| g.value());
+        if epoch > ceiling {
+            let raised = epoch.saturating_add(EPOCH_RESERVE);
+            self.epoch_last.insert(EPOCH_CEILING_KEY, raised)?;
+            self.ceiling_raised = true;
+        }
         let record = SessionRecord {
             gate_id: new.key.gate_id.clone(),
             shard: new.key.shard,
