@@ -30,6 +30,31 @@ pub struct StoreConfig {
     pub redis_url: Option<String>,
     /// Directory of the embedded store's file.
     pub data_dir: PathBuf,
+    /// Embedded store: the longest presence, gate leases and reach counters
+    /// wait for their fsync (a crash rolls back at most this); 0 = every
+    /// commit fsyncs. Messages are always fsynced before they are acked.
+    pub soft_sync_ms: u64,
+}
+
+/// Above this a crash could roll back more presence than Redis's
+/// `appendfsync everysec` ever would, ten times over.
+const SOFT_SYNC_MAX_MS: u64 = 10_000;
+
+impl StoreConfig {
+    /// Rejects values that cannot work, naming the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.soft_sync_ms <= SOFT_SYNC_MAX_MS,
+            "config: store.soft_sync_ms: {} is above the maximum {SOFT_SYNC_MAX_MS} (10 s)",
+            self.soft_sync_ms
+        );
+        Ok(())
+    }
+
+    /// `soft_sync_ms` as a duration.
+    pub fn soft_sync(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.soft_sync_ms)
+    }
 }
 
 impl Default for StoreConfig {
@@ -37,6 +62,7 @@ impl Default for StoreConfig {
         StoreConfig {
             redis_url: None,
             data_dir: PathBuf::from("./data"),
+            soft_sync_ms: tidegate_logic::store::embedded::DEFAULT_SOFT_SYNC.as_millis() as u64,
         }
     }
 }
@@ -97,6 +123,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_body"), "{err}");
+    }
+
+    #[test]
+    fn soft_sync_is_bounded_and_named() {
+        let c = Config::parse("[store]\nsoft_sync_ms = 0\n").unwrap();
+        c.store.validate().unwrap();
+        assert!(c.store.soft_sync().is_zero());
+        assert_eq!(Config::default().store.soft_sync_ms, 200);
+        let c = Config::parse("[store]\nsoft_sync_ms = 10001\n").unwrap();
+        let err = c.store.validate().unwrap_err().to_string();
+        assert!(err.contains("store.soft_sync_ms: 10001"), "{err}");
     }
 
     #[test]

@@ -240,6 +240,7 @@ fn metrics_recorder() -> anyhow::Result<PrometheusHandle> {
 }
 
 async fn open_store(cfg: &config::StoreConfig) -> anyhow::Result<(Arc<dyn Store>, String)> {
+    cfg.validate()?;
     match &cfg.redis_url {
         Some(url) => {
             let store = RedisStore::connect(url)
@@ -249,7 +250,7 @@ async fn open_store(cfg: &config::StoreConfig) -> anyhow::Result<(Arc<dyn Store>
         }
         None => {
             let path = cfg.data_dir.join("tidegate.redb");
-            let store = EmbeddedStore::open(&path)
+            let store = EmbeddedStore::open_with(&path, cfg.soft_sync())
                 .with_context(|| format!("store.data_dir: cannot open {}", path.display()))?;
             Ok((
                 Arc::new(store),

@@ -11,7 +11,8 @@
 //! - **Soft state** (presence, gate leases, reach counters): a batch of only
 //!   these commits without an fsync ([`redb::Durability::None`]); readers
 //!   see it at once, and it reaches the disk with the next durable commit,
-//!   at most `writer::SOFT_SYNC_EVERY` (200 ms) later, idle or not. A crash
+//!   at most `store.soft_sync_ms` (default 200 ms) later, idle or not (0:
+//!   every commit fsyncs, as before 2026-12-06). A crash
 //!   rolls back at most that window, as `appendfsync everysec` does on
 //!   Redis; what it loses is rebuilt by the next login, heartbeat or push.
 //!   A login storm then pays ~5 fsyncs/s instead of one per batch (−15% of
@@ -48,6 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use tidegate_proto::{now_ms, AppCode, MsgType};
 use tokio::sync::{mpsc, oneshot};
+pub use writer::DEFAULT_SOFT_SYNC;
 use writer::{create_tables, run_writer, C2sRow, Done, Job, Op};
 
 mod node;
@@ -116,8 +118,18 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens or creates the store file at `path`, creating parent directories.
+    /// Opens or creates the store file at `path`, creating parent
+    /// directories, with soft state synced every [`DEFAULT_SOFT_SYNC`].
     pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with(path, DEFAULT_SOFT_SYNC)
+    }
+
+    /// [`EmbeddedStore::open`] with soft state waiting at most `soft_sync`
+    /// for its fsync (zero: every commit fsyncs; module doc).
+    pub fn open_with(
+        path: &Path,
+        soft_sync: std::time::Duration,
+    ) -> Result<EmbeddedStore, StoreError> {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             StoreError::Unavailable(format!("embedded store {}: {what}: {e}", path.display()))
         };
@@ -143,7 +155,7 @@ impl EmbeddedStore {
             .map_err(|e| unavailable("cannot start writer clock", &e))?;
         let writer = std::thread::Builder::new()
             .name("tg-store-writer".into())
-            .spawn(move || run_writer(&writer_db, &clock, rx))
+            .spawn(move || run_writer(&writer_db, soft_sync, &clock, rx))
             .map_err(|e| unavailable("cannot start writer thread", &e))?;
         Ok(EmbeddedStore {
             db,
@@ -961,12 +973,19 @@ mod tests {
             return;
         };
         let dir = std::path::PathBuf::from(dir);
-        let store = EmbeddedStore::open(&dir.join("s.redb")).unwrap();
+        let soft_sync = if mode == "strict" {
+            std::time::Duration::ZERO
+        } else {
+            DEFAULT_SOFT_SYNC
+        };
+        let store = EmbeddedStore::open_with(&dir.join("s.redb"), soft_sync).unwrap();
         let last = match mode.as_str() {
+            // `store.soft_sync_ms = 0`: every login is on disk at once.
+            "strict" => log_in_many(&store, "a", 50).await,
             // Soft writes only, with a pause past the sync interval between.
             "soft" => {
                 log_in_many(&store, "a", 50).await;
-                tokio::time::sleep(writer::SOFT_SYNC_EVERY * 3).await;
+                tokio::time::sleep(DEFAULT_SOFT_SYNC * 3).await;
                 log_in_many(&store, "b", 50).await
             }
             // The first login's ceiling raise is durable, the next is
@@ -1036,6 +1055,24 @@ mod tests {
         // The crash may roll the later logins back, never their epochs.
         let epoch = log_in_many(&store, "c", 1).await;
         assert!(epoch > last, "epoch {epoch} after the crash, {last} before");
+    }
+
+    #[tokio::test]
+    async fn with_soft_sync_zero_a_crash_keeps_every_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, last) = crash("strict", dir.path());
+        let txn = store.db.begin_read().unwrap();
+        let table = txn.open_table(PRESENCE).unwrap();
+        for i in 0..50 {
+            let uid = format!("a{i}");
+            assert_eq!(
+                user_sessions(&table, AppCode(1), &uid).unwrap().len(),
+                1,
+                "{uid}"
+            );
+        }
+        drop((table, txn));
+        assert!(log_in_many(&store, "c", 1).await > last);
     }
 
     #[tokio::test]

@@ -23,10 +23,10 @@ pub(super) const MAX_BATCH: usize = 1024;
 /// skip expired messages anyway, so sweeping only reclaims space.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 const SWEEP_MAX: usize = 10_000;
-/// The longest soft state (presence, gate leases, reach counters) waits in
-/// non-durable commits for the next fsync: what a crash can roll back, the
-/// same bound as Redis's `appendfsync everysec`, a fifth of it.
-pub(super) const SOFT_SYNC_EVERY: Duration = Duration::from_millis(200);
+/// The default longest wait of soft state (presence, gate leases, reach
+/// counters) in non-durable commits for the next fsync: what a crash can
+/// roll back, a fifth of Redis's `appendfsync everysec` (`store.soft_sync_ms`).
+pub const DEFAULT_SOFT_SYNC: Duration = Duration::from_millis(200);
 /// Epochs reserved by each durable raise of the epoch ceiling: logins hand
 /// out epochs below the ceiling from non-durable commits, and one in 65,536
 /// forces an fsync.
@@ -76,7 +76,7 @@ pub(super) enum Op {
 }
 
 impl Op {
-    /// Whether this write may wait up to [`SOFT_SYNC_EVERY`] for its fsync.
+    /// Whether this write may wait up to the soft-sync interval for its fsync.
     /// Presence, leases and counters are rebuilt by logins, heartbeats and
     /// traffic; messages (c2s appends, offline inboxes and their acks) are
     /// what a caller was told is kept, so their commit is durable.
@@ -146,11 +146,13 @@ pub(super) fn create_tables(db: &Database) -> Result<(), StoreError> {
 }
 
 /// The writer thread: one receive, then drain the queue, then one commit
-/// for the whole batch (the rumqttd router's pattern, STYLE §6). `clock` is
-/// a current-thread runtime with timers, so an idle writer can wake to fsync
-/// soft state that is still waiting.
+/// for the whole batch (the rumqttd router's pattern, STYLE §6). Soft state
+/// waits at most `soft_sync` for its fsync (zero: every commit is durable);
+/// `clock` is a current-thread runtime with timers, so an idle writer can
+/// wake to fsync soft state that is still waiting.
 pub(super) fn run_writer(
     db: &Database,
+    soft_sync: Duration,
     clock: &tokio::runtime::Runtime,
     mut rx: mpsc::Receiver<Job>,
 ) {
@@ -162,7 +164,7 @@ pub(super) fn run_writer(
         let received = match unsynced {
             None => clock.block_on(rx.recv()),
             Some(since) => {
-                let due = tokio::time::Instant::from_std(since + SOFT_SYNC_EVERY);
+                let due = tokio::time::Instant::from_std(since + soft_sync);
                 match clock.block_on(async { tokio::time::timeout_at(due, rx.recv()).await }) {
                     Ok(received) => received,
                     Err(_idle) => {
@@ -184,7 +186,8 @@ pub(super) fn run_writer(
         if sweep {
             last_sweep = Instant::now();
         }
-        let sync_due = unsynced.is_some_and(|since| since.elapsed() >= SOFT_SYNC_EVERY);
+        let sync_due =
+            soft_sync.is_zero() || unsynced.is_some_and(|since| since.elapsed() >= soft_sync);
         match commit_batch(db, &mut batch, sweep, sync_due) {
             Some(Committed::Durable) => unsynced = None,
             Some(Committed::Soft) => {
