@@ -19,7 +19,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use config::Config;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -224,16 +224,36 @@ fn worker_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
+/// Bucket bounds (seconds) of every `*_seconds` histogram: 50 µs to 5 s,
+/// about three per decade, so store reads, link round trips and slow HTTP
+/// calls each land in a bucket of their own.
+const LATENCY_BUCKETS_S: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
+
+/// How often recorded samples are folded into the exported histograms.
+/// Each fold costs time per sample since the last one; folding every
+/// second keeps it to a few hundred microseconds at 10,000 pushes/s
+/// instead of one ~13 ms stall every 5 s on a core a shard needs.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Installs the process's Prometheus recorder and keeps its histograms trimmed.
+///
+/// Latencies are exported as histograms, not summaries: logic instances are
+/// stateless and run side by side, and only bucket counts add up across
+/// them (`histogram_quantile` over a `sum by (le)`); summary quantiles do not.
 fn metrics_recorder() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS_S)
+        .context("metrics histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
     let upkeep = handle.clone();
     std::thread::Builder::new()
         .name("metrics-upkeep".into())
         .spawn(move || loop {
-            std::thread::sleep(std::time::Duration::from_secs(5));
+            std::thread::sleep(METRICS_UPKEEP);
             upkeep.run_upkeep();
         })?;
     Ok(handle)

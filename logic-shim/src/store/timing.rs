@@ -1,6 +1,6 @@
 //! How long the store takes on the hot paths, per operation:
-//! `tidegate_logic_store_seconds{op,backend}` (a summary: quantiles over
-//! the exporter's window, plus sum and count). A push's latency is mostly
+//! `tidegate_logic_store_seconds{op,backend}` (a histogram, 50 µs to 5 s
+//! buckets set by the binary's recorder, plus sum and count). A push's latency is mostly
 //! its presence read on Redis; this says how much, on the running system,
 //! without a profiler.
 //!
