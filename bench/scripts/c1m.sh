@@ -18,6 +18,7 @@
 #   SHARDS=2 bench/scripts/c1m.sh ...           shards per gateway worker (default 1)
 #   PIN_SHARDS=true bench/scripts/c1m.sh ...    pin each worker's shards to CPUs in turn
 #       (gateway.pin_shards; default false here: the kernel places them)
+#   PARK_IDLE_S=1 bench/scripts/c1m.sh ...      gateway.park_idle_s (default 10; 0: never park)
 set -euo pipefail
 N=${1:-1000000}
 OUT=${2:-bench/results/c1m-$N.json}
@@ -62,6 +63,9 @@ shards = ${SHARDS:-1}
 # Dozens of workers on two cores: pinned, they split the cores statically
 # (worker w on CPU w mod 2) whatever else runs there; PIN_SHARDS=true for that.
 pin_shards = ${PIN_SHARDS:-false}
+# Quiet connections park (their task ends, the shard holds the socket)
+# after this long; PARK_IDLE_S=0 keeps every connection a task.
+park_idle_s = ${PARK_IDLE_S:-10}
 
 [logic]
 link_addr = "127.0.0.1:$LINK_PORT"
