@@ -192,12 +192,11 @@ async fn reach_counts_written_and_acked(tg: &Tidegate) {
                 let n = common::metric(&text, "tidegate_logic_store_seconds_count", &label);
                 assert!(n >= 1.0, "{op} not timed: {text}");
                 // A histogram (buckets add up across logic instances), not a summary.
-                let inf: f64 = text
-                    .lines()
-                    .filter(|l| l.starts_with("tidegate_logic_store_seconds_bucket"))
-                    .filter(|l| l.contains(&label) && l.contains("le=\"+Inf\""))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum();
+                let inf = common::metric_with(
+                    &text,
+                    "tidegate_logic_store_seconds_bucket",
+                    &[&label, "le=\"+Inf\""],
+                );
                 assert_eq!(inf, n, "{op}: +Inf bucket != count: {text}");
             }
             return;

@@ -136,8 +136,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
 /// How often a holder looks whether its receipts are complete. Receipt
 /// times come from the receipts themselves, so a late look changes no
 /// figure; a 2 ms look in each of a million-client run's 53 worker
-/// processes was 26,000 wake-ups/s, ~8% of both cores' samples during the
-/// very fan-out it was waiting for.
+/// processes was 26,000 wake-ups/s, ~10% of both cores' samples during
+/// the very fan-out it was waiting for.
 const COMPLETE_POLL: Duration = Duration::from_millis(50);
 
 /// What the parent tells a holding worker, one line of its stdin each.

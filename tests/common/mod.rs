@@ -214,8 +214,13 @@ pub fn token(app: u16, uid: &str) -> String {
 
 /// Sum of every sample of `name` whose labels contain `label` in Prometheus text.
 pub fn metric(text: &str, name: &str, label: &str) -> f64 {
+    metric_with(text, name, &[label])
+}
+
+/// Sum of every sample of `name` whose labels contain each of `labels`.
+pub fn metric_with(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

@@ -75,7 +75,7 @@ impl Threads {
                     // of by an IPI from the CPU that delivered the bytes.
                     // On one host that CPU is the gateway's, and in a VM
                     // each IPI is a hypervisor exit: 50,000 deliveries/s
-                    // cost the server 8-9% less CPU and bench 15% less.
+                    // cost the server 8-9% less CPU and bench 16-18% less.
                     let rt = match tokio_uring::Runtime::new(
                         tokio_uring::builder()
                             .entries(RING_ENTRIES)

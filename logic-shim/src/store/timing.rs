@@ -1,8 +1,8 @@
 //! How long the store takes on the hot paths, per operation:
 //! `tidegate_logic_store_seconds{op,backend}` (a histogram, 50 µs to 5 s
-//! buckets set by the binary's recorder, plus sum and count). A push's latency is mostly
-//! its presence read on Redis; this says how much, on the running system,
-//! without a profiler.
+//! buckets set by the binary's recorder, plus sum and count). A push's
+//! latency is mostly its presence read on Redis; this says how much, on the
+//! running system, without a profiler.
 //!
 //! Handles are registered once per operation: a push records one sample,
 //! it does not format or hash labels.
