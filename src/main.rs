@@ -81,6 +81,8 @@ enum BenchCmd {
     Broadcast(tidegate_bench::broadcast::BroadcastArgs),
     /// Ack-requested C2S from N clients: ingest rate, ack latency, errors by code.
     C2s(tidegate_bench::c2s::C2sArgs),
+    /// The kernel alone: loopback connect, round trip and fan-out CPU with no server in between.
+    Floor(tidegate_bench::floor::FloorArgs),
     /// One self-contained HTML page (tables, SVG charts) from the scenarios' JSON files.
     Report(tidegate_bench::html::ReportArgs),
     /// Internal: one worker process of a scenario's `--procs` fleet.
@@ -89,6 +91,9 @@ enum BenchCmd {
     /// Internal: one worker process of `bench c2s --procs`.
     #[command(hide = true)]
     C2sWorker(tidegate_bench::c2s::C2sWorkerArgs),
+    /// Internal: one worker process of `bench floor --procs`.
+    #[command(hide = true)]
+    FloorWorker(tidegate_bench::floor::FloorWorkerArgs),
 }
 
 #[derive(Args)]
@@ -500,6 +505,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         // A worker speaks JSON lines to its parent as it goes.
         BenchCmd::FleetWorker(a) => return worker_runtime()?.block_on(b::spread::worker(a)),
         BenchCmd::C2sWorker(a) => return worker_runtime()?.block_on(b::c2s::worker(a)),
+        BenchCmd::FloorWorker(a) => return worker_runtime()?.block_on(b::floor::worker(a)),
         BenchCmd::Idle(a) => serde_json::to_value(runtime("bench")?.block_on(b::idle::run(a))?),
         BenchCmd::Push(a) => serde_json::to_value(runtime("bench")?.block_on(b::push::run(a))?),
         BenchCmd::Peers(a) => serde_json::to_value(runtime("bench")?.block_on(b::peers::run(a))?),
@@ -510,6 +516,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             serde_json::to_value(runtime("bench")?.block_on(b::broadcast::run(a))?)
         }
         BenchCmd::C2s(a) => serde_json::to_value(runtime("bench")?.block_on(b::c2s::run(a))?),
+        BenchCmd::Floor(a) => serde_json::to_value(runtime("bench")?.block_on(b::floor::run(a))?),
         BenchCmd::Report(a) => {
             let files = b::html::run(&a)?;
             println!("{}: report of {files} files", a.out.display());
