@@ -444,6 +444,27 @@ fn report_renders_result_files_as_one_html_page() {
 }
 
 #[test]
+fn floor_measures_the_kernel_alone_over_two_worker_processes() {
+    // No server: the scenario opens its own loopback pairs.
+    let r = bench(&["floor", "--pairs", "400", "--procs", "2", "--rounds", "3"]);
+    assert_eq!(r["pairs"], 400);
+    assert_eq!(r["procs"], 2);
+    assert_eq!(r["short"], 0, "{r}");
+    for key in [
+        "connect_cpu_us",
+        "roundtrip_cpu_us",
+        "send_cpu_us",
+        "recv_cpu_us",
+    ] {
+        let us = r[key].as_f64().unwrap();
+        assert!(us > 0.0 && us < 10_000.0, "{key}: {r}");
+    }
+    let fanout = r["fanout_s"].as_f64().unwrap();
+    assert!(fanout > 0.0 && fanout < 30.0, "{r}");
+    assert!(r["login_bound_per_s"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+#[test]
 fn bench_refuses_absurd_values_up_front() {
     for args in [
         &["push", "--rate", "1000000000", "--duration-s", "1"][..],
@@ -451,6 +472,8 @@ fn bench_refuses_absurd_values_up_front() {
         &["c2s", "--window", "0"],
         &["broadcast", "--messages", "1000000"],
         &["connect", "--connections", "0"],
+        &["floor", "--pairs", "0"],
+        &["floor", "--bytes", "100000"],
         &["push", "--rate", "10", "--http", "192.0.2.1:7180"],
     ] {
         let out = Command::new(BIN).arg("bench").args(args).output().unwrap();

@@ -25,6 +25,8 @@ pub enum Kind {
     C2s,
     /// `bench peers`: Tidegate against another server.
     Peers,
+    /// `bench floor`: the kernel's own cost, no server.
+    Floor,
     /// Anything else.
     Unknown,
 }
@@ -35,6 +37,8 @@ impl Kind {
         let has = |k: &str| v.get(k).is_some();
         if has("tidegate") && has("peer") && (has("ratios") || has("targets")) {
             Kind::Peers
+        } else if has("broadcast_bound_s") && has("login_bound_per_s") {
+            Kind::Floor
         } else if has("ingest_per_s") || has("ack_latency") {
             Kind::C2s
         } else if has("time_to_last") || has("per_message") {
@@ -65,6 +69,7 @@ impl Kind {
                 Some(p) => format!("peers-{p}"),
                 None => "peers".into(),
             },
+            Kind::Floor => "floor".into(),
             Kind::Unknown => "unknown".into(),
         }
     }
@@ -78,6 +83,7 @@ impl Kind {
             Kind::Broadcast => "Pushes to \"all\": deliveries per message, per-client delivery latency and the time to the last client's receipt.",
             Kind::C2s => "Ack-requested C2S from N clients: acked frames per second, ack latency, errors by code.",
             Kind::Peers => "Tidegate and a peer server measured one after the other with the same plan: memory per connection, fan-out deliveries per second, delivery latency, and their ratios against the targets.",
+            Kind::Floor => "The kernel alone: loopback connect, a login-sized round trip and a one-frame fan-out over N socket pairs with no server in between, CPU per operation, and the logins/s and broadcast time no server could beat on this host.",
             Kind::Unknown => "No known scenario's fields: every field as it is.",
         }
     }
@@ -140,6 +146,13 @@ pub fn headline(kind: Kind, v: &Value) -> String {
                 show(v, &["peer", "fanout", "msgs_per_s"])
             )
         }
+        Kind::Floor => format!(
+            "{} pairs: at most {} logins/s, a broadcast in no less than {} s (fan-out took {} s)",
+            show(v, &["pairs"]),
+            show(v, &["login_bound_per_s"]),
+            show(v, &["broadcast_bound_s"]),
+            show(v, &["fanout_s"])
+        ),
         Kind::Unknown => match v.as_object() {
             Some(m) => format!("{} top-level fields", m.len()),
             None => "not a JSON object".into(),
@@ -174,6 +187,9 @@ pub fn section(page: &mut Page, index: usize, input: &Input, kind: Kind) {
             latencies(page, "Latency", &rows);
             if kind == Kind::Broadcast {
                 per_message(page, v);
+            }
+            if kind == Kind::Floor {
+                floor_costs(page, v);
             }
             time_series(page, v);
             all_fields(page, v);
@@ -321,6 +337,30 @@ pub(super) fn latency_chart(title: &str, rows: &[(String, Pct)]) -> String {
 
 fn opt(v: Option<f64>) -> String {
     v.map_or_else(|| "—".into(), fmt_num)
+}
+
+/// Floor: the kernel's CPU per socket operation, as bars.
+fn floor_costs(page: &mut Page, v: &Value) {
+    const OPS: [(&str, &str); 4] = [
+        ("connect_cpu_us", "connect+accept"),
+        ("roundtrip_cpu_us", "round trip"),
+        ("send_cpu_us", "send"),
+        ("recv_cpu_us", "recv"),
+    ];
+    page.raw(&svg::bar_chart(&BarChart {
+        title: "Kernel CPU per operation".into(),
+        y_label: "CPU".into(),
+        y_unit: Unit::Micros,
+        log_y: false,
+        series: vec![format!("{} pairs", show(v, &["pairs"]))],
+        groups: OPS
+            .iter()
+            .map(|(key, label)| BarGroup {
+                label: (*label).into(),
+                values: vec![num(v, &[key])],
+            })
+            .collect(),
+    }));
 }
 
 /// Broadcast: each message's time to its last client, and a table of them.

@@ -5,7 +5,7 @@ use super::*;
 use serde_json::json;
 
 /// Committed results, one per kind (bench/results/).
-const RESULTS: [(&str, &str, Kind); 7] = [
+const RESULTS: [(&str, &str, Kind); 8] = [
     (
         "idle-19000.json",
         include_str!("../../results/idle-19000.json"),
@@ -40,6 +40,11 @@ const RESULTS: [(&str, &str, Kind); 7] = [
         "peers-mosquitto-10000.json",
         include_str!("../../results/peers-mosquitto-10000.json"),
         Kind::Peers,
+    ),
+    (
+        "floor-1000000.json",
+        include_str!("../../results/floor-2026-12-07/floor-1000000.json"),
+        Kind::Floor,
     ),
 ];
 
