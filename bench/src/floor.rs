@@ -359,30 +359,14 @@ fn connect_from(source: IpAddr, target: SocketAddrV4) -> anyhow::Result<OwnedFd>
     let raw = fd.as_raw_fd();
     set_int(raw, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
     bind(raw, SocketAddrV4::new(source, 0))?;
-    let sa = sockaddr(target);
-    // SAFETY: `sa` is a valid sockaddr_in of the size passed.
-    cvt(unsafe {
-        libc::connect(
-            raw,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    })?;
+    // SAFETY: the kernel reads a sockaddr of the size given.
+    with_sockaddr(target, |sa, len| unsafe { libc::connect(raw, sa, len) })?;
     set_int(raw, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
     let tv = libc::timeval {
         tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
         tv_usec: 0,
     };
-    // SAFETY: a timeval of the declared size.
-    cvt(unsafe {
-        libc::setsockopt(
-            raw,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    })?;
+    set_opt(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
     Ok(fd)
 }
 
@@ -406,17 +390,20 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 }
 
 fn bind(fd: RawFd, a: SocketAddrV4) -> anyhow::Result<()> {
-    let sa = sockaddr(a);
-    // SAFETY: `sa` is a valid sockaddr_in of the size passed.
-    cvt(unsafe {
-        libc::bind(
-            fd,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    })
-    .with_context(|| format!("bind {a}"))?;
+    // SAFETY: the kernel reads a sockaddr of the size given.
+    with_sockaddr(a, |sa, len| unsafe { libc::bind(fd, sa, len) })
+        .with_context(|| format!("bind {a}"))?;
     Ok(())
+}
+
+/// Calls `f` with `a` as a sockaddr and its length (for bind and connect).
+fn with_sockaddr(
+    a: SocketAddrV4,
+    f: impl FnOnce(*const libc::sockaddr, libc::socklen_t) -> libc::c_int,
+) -> std::io::Result<libc::c_int> {
+    let sa = sockaddr(a);
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    cvt(f((&sa as *const libc::sockaddr_in).cast(), len))
 }
 
 fn local_addr(fd: RawFd) -> anyhow::Result<SocketAddrV4> {
@@ -437,14 +424,19 @@ fn set_int(
     name: libc::c_int,
     value: libc::c_int,
 ) -> anyhow::Result<()> {
-    // SAFETY: a c_int option value of the declared size.
+    set_opt(fd, level, name, &value)
+}
+
+/// setsockopt with a plain value (`c_int`, `timeval`) of its own size.
+fn set_opt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> anyhow::Result<()> {
+    // SAFETY: `value` is valid for reads of the size passed.
     cvt(unsafe {
         libc::setsockopt(
             fd,
             level,
             name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     })
     .context("setsockopt")?;
