@@ -5,9 +5,9 @@
 //! thread, times a login-sized request and reply on every pair, then, on a
 //! common start, writes one small frame on every server end and reads it on
 //! every client end: a broadcast with nothing but the two sockets' system
-//! calls. CPU is the thread's own (`RUSAGE_THREAD`); the fan-out's wall
-//! time runs from the common start to the last process's last read, on the
-//! monotonic clock every process shares.
+//! calls. CPU is the thread's own (`CLOCK_THREAD_CPUTIME_ID`); the
+//! fan-out's wall time runs from the common start to the last process's
+//! last read, on the monotonic clock every process shares.
 //!
 //! Why it exists: a target below this floor cannot be met by any server on
 //! this host with its load generator beside it; the report says how far each
@@ -163,18 +163,12 @@ async fn measure(args: &FloorArgs, shares: &[Share]) -> anyhow::Result<FloorRepo
     };
     let ops = args.pairs as f64;
     let deliveries = ops * args.rounds as f64;
-    let sum = |f: &dyn Fn(&FanoutLine) -> u64| fanouts.iter().map(f).sum::<u64>() as f64;
-    let per = |ns: f64, n: f64| ns / n / 1e3;
-    let connect = per(
-        setups.iter().map(|s| s.connect_cpu_ns).sum::<u64>() as f64,
-        ops,
-    );
-    let roundtrip = per(
-        setups.iter().map(|s| s.roundtrip_cpu_ns).sum::<u64>() as f64,
-        ops,
-    );
-    let send = per(sum(&|f| f.send_cpu_ns), deliveries);
-    let recv = per(sum(&|f| f.recv_cpu_ns), deliveries);
+    // CPU ns summed over processes, as µs per operation.
+    let per = |ns: u64, n: f64| ns as f64 / n / 1e3;
+    let connect = per(setups.iter().map(|s| s.connect_cpu_ns).sum(), ops);
+    let roundtrip = per(setups.iter().map(|s| s.roundtrip_cpu_ns).sum(), ops);
+    let send = per(fanouts.iter().map(|f| f.send_cpu_ns).sum(), deliveries);
+    let recv = per(fanouts.iter().map(|f| f.recv_cpu_ns).sum(), deliveries);
     let done = fanouts.iter().map(|f| f.done_ns).max().unwrap_or(go);
     let fanout_s = done.saturating_sub(go) as f64 / 1e9;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -357,7 +351,7 @@ fn connect_from(source: IpAddr, target: SocketAddrV4) -> anyhow::Result<OwnedFd>
     };
     let fd = new_socket()?;
     let raw = fd.as_raw_fd();
-    set_int(raw, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
+    sources::bind_address_no_port(&fd)?;
     bind(raw, SocketAddrV4::new(source, 0))?;
     // SAFETY: the kernel reads a sockaddr of the size given.
     with_sockaddr(target, |sa, len| unsafe { libc::connect(raw, sa, len) })?;

@@ -1,9 +1,10 @@
 //! Tidegate bench: the harness through which every performance claim of the
 //! project is made. Scenarios: `idle` (memory per held connection),
 //! `connect` (login storm), `push` (HTTP push → socket, closed loop or at a
-//! rate), `broadcast` (fan-out to all), `c2s` (device ingest), `floor` (the kernel's own cost of the same
-//! socket work, the bound every target here is held against); `html` turns
-//! their JSON reports into one self-contained page (`tidegate bench report`).
+//! rate), `broadcast` (fan-out to all), `c2s` (device ingest), `floor` (the
+//! kernel's own cost of the same socket work, the bound every target here is
+//! held against); `html` turns their JSON reports into one self-contained
+//! page (`tidegate bench report`).
 
 pub mod broadcast;
 pub mod c2s;

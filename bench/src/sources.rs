@@ -32,8 +32,7 @@ pub async fn connect(target: SocketAddr, i: usize) -> anyhow::Result<TcpStream> 
 /// `127.0.0.x:0` searches for a port unused by every socket bound to that
 /// address, which slows as connections grow: measured, it held a 10k-login
 /// storm to ~190/s with bench at 125% CPU.
-fn bind_address_no_port(socket: &TcpSocket) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
+pub(crate) fn bind_address_no_port(socket: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: a valid fd and a c_int option value of the declared size.
     let rc = unsafe {
