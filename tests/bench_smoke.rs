@@ -287,9 +287,9 @@ fn broadcast_reaches_every_client_and_times_the_last() {
         assert_eq!(m["deliveries"], 30, "{m}");
     }
 
-    // The same with receivers woken by readiness instead of tokio-uring
-    // completions (the default above).
-    let epoll = bench(&[
+    // The same with receivers on tokio-uring completions instead of epoll
+    // readiness (the default above).
+    let uring = bench(&[
         "broadcast",
         "--target",
         &tg.client.to_string(),
@@ -302,10 +302,10 @@ fn broadcast_reaches_every_client_and_times_the_last() {
         "--interval-ms",
         "100",
         "--holder-io",
-        "epoll",
+        "uring",
     ]);
-    assert_eq!(epoll["deliveries"], 60, "{epoll}");
-    assert_eq!(epoll["complete_messages"], 2, "{epoll}");
+    assert_eq!(uring["deliveries"], 60, "{uring}");
+    assert_eq!(uring["complete_messages"], 2, "{uring}");
 }
 
 /// Frames per second per connection are unlimited, so c2s measures ingest.

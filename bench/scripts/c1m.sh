@@ -14,7 +14,7 @@
 #       1/PER_CLIENT_RATE s (default 0.2: GPS every 5 s) for DURATION_S (default 60)
 #   SCENARIO=push bench/scripts/c1m.sh ...      closed-loop push batches of BATCH (default
 #       1000) targets, REQUESTS of them (default: every client named 5 times)
-#   HOLDER_IO=epoll bench/scripts/c1m.sh ...    bench receivers woken by readiness (default uring)
+#   HOLDER_IO=uring bench/scripts/c1m.sh ...    bench receivers on tokio-uring completions (default epoll)
 #   SHARDS=2 bench/scripts/c1m.sh ...           shards per gateway worker (default 1)
 #   PIN_SHARDS=true bench/scripts/c1m.sh ...    pin each worker's shards to CPUs in turn
 #       (gateway.pin_shards; default false here: the kernel places them)
@@ -91,7 +91,7 @@ grep -q '^ready' "$DIR/gateway.log" || { tail -20 "$DIR/gateway.log"; exit 1; }
 
 RATE_ARGS=()
 [ -n "${RATE:-}" ] && RATE_ARGS=(--rate "$RATE")
-IO_ARGS=(--holder-io "${HOLDER_IO:-uring}")
+IO_ARGS=(--holder-io "${HOLDER_IO:-epoll}")
 # Held connections send a keepalive every 240 s (the gateway's idle timeout
 # is 900 s here): at 20 s a million clients would send 50,000/s.
 KEEPALIVE_S=${KEEPALIVE_S:-240}

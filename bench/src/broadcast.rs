@@ -95,6 +95,8 @@ pub struct BroadcastReport {
     pub login_failures: std::collections::BTreeMap<String, u64>,
     /// Bench processes that held them.
     pub bench_procs: usize,
+    /// How the bench held its connections (`--holder-io`).
+    pub holder_io: &'static str,
     /// Logins per second while the fleet came up.
     pub logins_per_s: f64,
     /// Broadcasts sent.
@@ -268,6 +270,7 @@ async fn fan_out(
         logged_in: storm.logged_in,
         login_failures: storm.failures.clone(),
         bench_procs: procs,
+        holder_io: args.holder_io.as_arg(),
         logins_per_s: storm.logins_per_s(),
         messages: args.messages,
         interval_ms: args.interval_ms,

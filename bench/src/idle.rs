@@ -92,6 +92,8 @@ pub struct IdleReport {
     pub hold_s: u64,
     /// Bench processes that held the clients.
     pub bench_procs: usize,
+    /// How the bench held its connections (`--holder-io`).
+    pub holder_io: &'static str,
     /// Gateway processes measured (a supervisor and its workers).
     pub gateway_procs: Option<usize>,
     /// Failures by reason.
@@ -217,6 +219,7 @@ async fn hold(
         held_at_end,
         hold_s: args.hold_s,
         bench_procs: procs,
+        holder_io: args.holder_io.as_arg(),
         gateway_procs: args.gateway_pid.map(|p| 1 + procfs::children(p).len()),
         failures: storm.failures.clone(),
         rate_per_s: args.rate,

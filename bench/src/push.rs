@@ -96,6 +96,8 @@ pub struct BatchReport {
     pub connections: usize,
     /// Bench processes holding them.
     pub bench_procs: usize,
+    /// How the bench held its connections (`--holder-io`).
+    pub holder_io: &'static str,
     /// Targets named in all requests.
     pub targets_sent: u64,
     /// Pushes received by clients.
@@ -304,6 +306,7 @@ async fn batches(
     Ok(BatchReport {
         connections,
         bench_procs: procs,
+        holder_io: args.holder_io.as_arg(),
         targets_sent: (requests * batch) as u64,
         delivered,
         duration_s: duration.as_secs_f64(),

@@ -42,11 +42,16 @@ impl Stamp {
         Some(Stamp { message, due_ns })
     }
 
-    /// The push content that carries this stamp, base64 (as `content_b64`).
-    pub fn content_b64(&self) -> String {
+    /// The push content that carries this stamp.
+    pub fn content(&self) -> Vec<u8> {
         let mut raw = (self.message as u32).to_le_bytes().to_vec();
         raw.extend_from_slice(&self.due_ns.to_le_bytes());
-        base64::engine::general_purpose::STANDARD.encode(raw)
+        raw
+    }
+
+    /// The same content, base64 (as `content_b64`).
+    pub fn content_b64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.content())
     }
 
     /// The JSON body of a `POST /v1/push` to every user of `app`.

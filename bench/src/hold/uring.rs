@@ -10,7 +10,7 @@
 //! are written by one task per runtime that walks its connections in
 //! phase order, not by a timer per connection.
 
-use super::{spread, Reader, Shared};
+use super::{deal, spread, Reader, Shared};
 use crate::fleet::Member;
 use anyhow::Context;
 use std::cell::Cell;
@@ -47,20 +47,9 @@ impl Threads {
         shared: Shared,
         threads: usize,
     ) -> anyhow::Result<Threads> {
-        let n = threads.clamp(1, members.len().max(1));
-        let mut shares: Vec<Vec<(usize, std::net::TcpStream)>> =
-            (0..n).map(|_| Vec::new()).collect();
-        for (k, m) in members.into_iter().enumerate() {
-            // Out of tokio's reactor: from here the socket is the ring's.
-            let std = m
-                .client
-                .into_stream()
-                .into_std()
-                .context("taking a held socket out of tokio")?;
-            shares[k % n].push((m.index, std));
-        }
+        let shares = deal(members, threads)?;
         let (stop, stopped) = watch::channel(false);
-        let mut handles = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(shares.len());
         for (t, share) in shares.into_iter().enumerate() {
             let (shared, stopped) = (shared.clone(), stopped.clone());
             // A runtime stays on the thread that built it, so the thread

@@ -95,6 +95,8 @@ pub struct RateReport {
     pub connections: usize,
     /// Bench processes holding them.
     pub bench_procs: usize,
+    /// How the bench held its connections (`--holder-io`).
+    pub holder_io: &'static str,
     /// Requests per second asked for.
     pub rate_per_s: f64,
     /// Seconds of schedule.
@@ -346,6 +348,7 @@ pub(super) async fn run(
     Ok(RateReport {
         connections: args.connections,
         bench_procs: procs,
+        holder_io: args.holder_io.as_arg(),
         rate_per_s: load.rate,
         duration_s: load.duration.as_secs_f64(),
         batch: load.batch,
