@@ -83,6 +83,8 @@ enum BenchCmd {
     C2s(tidegate_bench::c2s::C2sArgs),
     /// The kernel alone: loopback connect, round trip and fan-out CPU with no server in between.
     Floor(tidegate_bench::floor::FloorArgs),
+    /// How long this host keeps a busy thread from its CPU: stalls per CPU, no server involved.
+    Hiccup(tidegate_bench::hiccup::HiccupArgs),
     /// One self-contained HTML page (tables, SVG charts) from the scenarios' JSON files.
     Report(tidegate_bench::html::ReportArgs),
     /// Internal: one worker process of a scenario's `--procs` fleet.
@@ -517,6 +519,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         BenchCmd::C2s(a) => serde_json::to_value(runtime("bench")?.block_on(b::c2s::run(a))?),
         BenchCmd::Floor(a) => serde_json::to_value(runtime("bench")?.block_on(b::floor::run(a))?),
+        BenchCmd::Hiccup(a) => serde_json::to_value(b::hiccup::run(a)?),
         BenchCmd::Report(a) => {
             let files = b::html::run(&a)?;
             println!("{}: report of {files} files", a.out.display());

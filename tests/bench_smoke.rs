@@ -465,6 +465,20 @@ fn floor_measures_the_kernel_alone_over_two_worker_processes() {
 }
 
 #[test]
+fn hiccup_probes_every_cpu_without_a_server() {
+    let r = bench(&["hiccup", "--duration-s", "1"]);
+    let cpus = r["per_cpu"].as_array().unwrap();
+    assert!(!cpus.is_empty(), "{r}");
+    let total: u64 = cpus
+        .iter()
+        .map(|c| c["stall"]["count"].as_u64().unwrap())
+        .sum();
+    assert!(total > 100, "{r}");
+    assert_eq!(r["stall"]["count"].as_u64().unwrap(), total, "{r}");
+    assert!(r["host_open_files_start"].as_u64().unwrap() > 0, "{r}");
+}
+
+#[test]
 fn bench_refuses_absurd_values_up_front() {
     for args in [
         &["push", "--rate", "1000000000", "--duration-s", "1"][..],
@@ -474,6 +488,8 @@ fn bench_refuses_absurd_values_up_front() {
         &["connect", "--connections", "0"],
         &["floor", "--pairs", "0"],
         &["floor", "--bytes", "100000"],
+        &["hiccup", "--duration-s", "0"],
+        &["hiccup", "--sleep-us", "1"],
         &["push", "--rate", "10", "--http", "192.0.2.1:7180"],
     ] {
         let out = Command::new(BIN).arg("bench").args(args).output().unwrap();

@@ -11,6 +11,7 @@ pub mod c2s;
 pub mod connect;
 pub mod fleet;
 pub mod floor;
+pub mod hiccup;
 pub mod hold;
 pub mod html;
 pub mod idle;

@@ -27,6 +27,8 @@ pub enum Kind {
     Peers,
     /// `bench floor`: the kernel's own cost, no server.
     Floor,
+    /// `bench hiccup`: how long the host keeps a busy thread from its CPU.
+    Hiccup,
     /// Anything else.
     Unknown,
 }
@@ -39,6 +41,8 @@ impl Kind {
             Kind::Peers
         } else if has("broadcast_bound_s") && has("login_bound_per_s") {
             Kind::Floor
+        } else if has("stalls_over_5ms") && has("busy_us") {
+            Kind::Hiccup
         } else if has("ingest_per_s") || has("ack_latency") {
             Kind::C2s
         } else if has("time_to_last") || has("per_message") {
@@ -70,6 +74,7 @@ impl Kind {
                 None => "peers".into(),
             },
             Kind::Floor => "floor".into(),
+            Kind::Hiccup => "hiccup".into(),
             Kind::Unknown => "unknown".into(),
         }
     }
@@ -84,6 +89,7 @@ impl Kind {
             Kind::C2s => "Ack-requested C2S from N clients: acked frames per second, ack latency, errors by code.",
             Kind::Peers => "Tidegate and a peer server measured one after the other with the same plan: memory per connection, fan-out deliveries per second, delivery latency, and their ratios against the targets.",
             Kind::Floor => "The kernel alone: loopback connect, a login-sized round trip and a one-frame fan-out over N socket pairs with no server in between, CPU per operation, and the logins/s and broadcast time no server could beat on this host.",
+            Kind::Hiccup => "No server: a pinned probe per CPU alternating a spin and a short sleep, like a loaded shard; how late each wake-up was, and the host's open file handles.",
             Kind::Unknown => "No known scenario's fields: every field as it is.",
         }
     }
@@ -152,6 +158,14 @@ pub fn headline(kind: Kind, v: &Value) -> String {
             show(v, &["login_bound_per_s"]),
             show(v, &["broadcast_bound_s"]),
             show(v, &["fanout_s"])
+        ),
+        Kind::Hiccup => format!(
+            "{} s: wake-ups late by p99 {}, max {}; {} over 5 ms; {} open files on the host",
+            show(v, &["duration_s"]),
+            p99("stall"),
+            Unit::Micros.label(num(v, &["stall", "max_us"]).unwrap_or(f64::NAN)),
+            show(v, &["stalls_over_5ms"]),
+            show(v, &["host_open_files_start"])
         ),
         Kind::Unknown => match v.as_object() {
             Some(m) => format!("{} top-level fields", m.len()),

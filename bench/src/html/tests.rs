@@ -5,7 +5,7 @@ use super::*;
 use serde_json::json;
 
 /// Committed results, one per kind (bench/results/).
-const RESULTS: [(&str, &str, Kind); 8] = [
+const RESULTS: [(&str, &str, Kind); 9] = [
     (
         "idle-19000.json",
         include_str!("../../results/idle-19000.json"),
@@ -45,6 +45,11 @@ const RESULTS: [(&str, &str, Kind); 8] = [
         "floor-1000000.json",
         include_str!("../../results/floor-2026-12-07/floor-1000000.json"),
         Kind::Floor,
+    ),
+    (
+        "hiccup-extra-fds-190000-1.json",
+        include_str!("../../results/host-agent-fds-2026-12-07/hiccup-extra-fds-190000-1.json"),
+        Kind::Hiccup,
     ),
 ];
 
