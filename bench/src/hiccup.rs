@@ -15,7 +15,7 @@
 //! The report carries the host's open file handles (`/proc/sys/fs/file-nr`)
 //! at start and end, since that count is what the stalls grew with here.
 
-use crate::{report, Percentiles, Recorder};
+use crate::{procfs, report, Percentiles, Recorder};
 use anyhow::Context;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -82,7 +82,7 @@ pub fn run(args: HiccupArgs) -> anyhow::Result<HiccupReport> {
     report::ensure_range("--busy-us", args.busy_us, 0, 100_000)?;
     report::ensure_range("--sleep-us", args.sleep_us, 10, 100_000)?;
     let cpus = allowed_cpus()?;
-    let open_start = host_open_files();
+    let open_start = procfs::open_files();
     let cycle = Cycle {
         busy: Duration::from_micros(args.busy_us),
         sleep: Duration::from_micros(args.sleep_us),
@@ -119,7 +119,7 @@ pub fn run(args: HiccupArgs) -> anyhow::Result<HiccupReport> {
         stall: all.percentiles(),
         per_cpu,
         host_open_files_start: open_start,
-        host_open_files_end: host_open_files(),
+        host_open_files_end: procfs::open_files(),
     };
     report::write_json(args.json.as_deref(), &r)?;
     Ok(r)
@@ -195,12 +195,6 @@ fn pin_to(cpu: usize) -> anyhow::Result<()> {
             .with_context(|| format!("pinning to CPU {cpu}"));
     }
     Ok(())
-}
-
-/// Allocated file handles on the host, the first field of `file-nr`.
-fn host_open_files() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/sys/fs/file-nr").ok()?;
-    text.split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]

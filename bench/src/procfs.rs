@@ -162,6 +162,13 @@ pub fn tcp_slab_bytes() -> Option<u64> {
     Some(total)
 }
 
+/// File handles allocated on the whole host (the first field of
+/// /proc/sys/fs/file-nr): every process's descriptors, sockets or not.
+pub fn open_files() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/sys/fs/file-nr").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +177,7 @@ mod tests {
     fn reads_our_own_rss_and_sockstat() {
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
         sockstat().unwrap();
+        assert!(open_files().is_some_and(|n| n > 0));
     }
 
     #[test]

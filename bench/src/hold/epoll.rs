@@ -111,12 +111,11 @@ impl EpollSet {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         let mut buf = vec![0u8; RECV_BUF];
         let start = Instant::now();
+        // When the keepalive at `phase` of interval `round` is due.
+        let due_at = |round: u32, phase: Duration| start + shared.every * round + phase;
         let (mut round, mut next) = (0u32, 0usize);
         while !stop.load(Ordering::Relaxed) {
-            let due = self
-                .order
-                .get(next)
-                .map(|(phase, _)| start + shared.every * round + *phase);
+            let due = self.order.get(next).map(|&(phase, _)| due_at(round, phase));
             let wait = due.map_or(STOP_POLL, |d| {
                 d.saturating_duration_since(Instant::now()).min(STOP_POLL)
             });
@@ -127,7 +126,7 @@ impl EpollSet {
             // Every keepalive now due, in phase order.
             let now = Instant::now();
             while let Some(&(phase, slot)) = self.order.get(next) {
-                if start + shared.every * round + phase > now {
+                if due_at(round, phase) > now {
                     break;
                 }
                 self.ping(slot as usize, shared);
